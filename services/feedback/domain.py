@@ -1,0 +1,94 @@
+"""Pure rules of feedback: each event becomes one explained step of the lead's journey."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.events import LeadCapturedV1, LeadRoutedV1, LeadScoredV1, OutcomeRecordedV1
+
+
+@dataclass(frozen=True)
+class JourneyStep:
+    """One step of a lead's journey: what happened, when, who acted and why."""
+
+    lead_id: str
+    step: str
+    occurred_at: datetime
+    actor: str
+    reason: str
+    details: dict[str, Any]
+
+
+def captured_step(captured: LeadCapturedV1) -> JourneyStep:
+    """The lead arrived from a form or tool."""
+    origin = ", ".join(
+        f"{name}={value}"
+        for name, value in (
+            ("form", captured.form_id),
+            ("source", captured.utm_source),
+            ("campaign", captured.utm_campaign),
+        )
+        if value
+    )
+    return JourneyStep(
+        captured.lead_id,
+        "captured",
+        captured.captured_at,
+        "lead_intake",
+        f"captured {captured.email}" + (f" ({origin})" if origin else ""),
+        {"company": captured.company, "country": captured.country},
+    )
+
+
+def scored_step(scored: LeadScoredV1) -> JourneyStep:
+    """Scoring's verdict, explained by its contributions."""
+    because = "; ".join(f"{c.reason} (+{c.points})" for c in scored.contributions) or "no rule matched"
+    return JourneyStep(
+        scored.lead_id,
+        "scored",
+        scored.scored_at,
+        "scoring",
+        f"score {scored.score}, {scored.verdict} by {scored.model_version}: {because}",
+        {
+            "score": scored.score,
+            "verdict": scored.verdict,
+            "model_version": scored.model_version,
+            "contributions": [c.model_dump() for c in scored.contributions],
+        },
+    )
+
+
+def routed_step(routed: LeadRoutedV1) -> JourneyStep:
+    """Routing's decision and its reason."""
+    return JourneyStep(
+        routed.lead_id,
+        routed.kind if routed.kind == "unassigned" else "routed",
+        routed.routed_at,
+        "routing",
+        routed.reason,
+        {"assignment_id": routed.assignment_id, "rep_id": routed.rep_id, "rep_name": routed.rep_name},
+    )
+
+
+def outcome_step(outcome: OutcomeRecordedV1) -> JourneyStep:
+    """What sales reported."""
+    extras = [
+        f"{name} {value}"
+        for name, value in (
+            ("amount", f"{outcome.amount} {outcome.currency or ''}".strip() if outcome.amount is not None else None),
+            ("reason", outcome.reason),
+            ("competitor", outcome.competitor),
+        )
+        if value
+    ]
+    actor = f"sales:{outcome.rep_id}" if outcome.rep_id else "sales"
+    return JourneyStep(
+        outcome.lead_id,
+        f"outcome:{outcome.kind}",
+        outcome.occurred_at,
+        actor,
+        outcome.kind + (f" ({', '.join(extras)})" if extras else ""),
+        {"outcome_id": outcome.outcome_id, "external_id": outcome.external_id},
+    )

@@ -1,0 +1,14 @@
+"""Settings of scoring (env prefix BATON_SCORING_)."""
+
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """scoring's settings."""
+
+    model_config = SettingsConfigDict(env_prefix="BATON_SCORING_", populate_by_name=True, extra="ignore")
+
+    service_name: str = "scoring"
+    port: int = 8002

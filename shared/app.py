@@ -1,0 +1,64 @@
+"""The FastAPI application shell every service shares: lifespan, errors, auth state, health routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from shared.problems import install_problem_handlers
+from shared.runtime import ServiceRuntime
+from shared.uow import UnitOfWork
+
+
+def build_app(runtime: ServiceRuntime, *, title: str, routers: Sequence[APIRouter]) -> FastAPI:
+    """A service app whose lifespan starts and stops `runtime`."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=title, version="1", lifespan=lifespan)
+    app.state.runtime = runtime
+    admin_key = runtime.settings.admin_key
+    app.state.admin_key = admin_key.get_secret_value() if admin_key else None
+    install_problem_handlers(app)
+    app.include_router(_health_router())
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def _health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: the database and the broker are reachable."""
+        checks = await request.app.state.runtime.readiness()
+        ready = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+        )
+
+    return router
+
+
+def _uow(request: Request) -> UnitOfWork:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime.uow
+
+
+UowDep = Annotated[UnitOfWork, Depends(_uow)]

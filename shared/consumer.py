@@ -1,0 +1,187 @@
+"""Event consumer: effect + inbox in one transaction, offsets committed only after, poison to `<topic>.dlq`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from shared.envelope import CloudEvent, InvalidEvent, utc_now
+from shared.failures import is_outage
+from shared.kafka import OutboundRecord, Publisher
+from shared.topics import dead_letter_topic
+from shared.uow import Transaction, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Transaction, CloudEvent], Awaitable[None]]
+
+
+class Outage(Exception):
+    """The database or broker is unavailable: stop, keep the offset uncommitted, try again later."""
+
+
+class EventConsumer:
+    """Consumes topics in a consumer group and applies each event exactly once to the service's state."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Sequence[str],
+        handlers: Mapping[str, Handler],
+        uow: UnitOfWork,
+        dead_letters: Publisher,
+        max_attempts: int = 3,
+        timeout_seconds: float = 10.0,
+        max_backoff_seconds: float = 5.0,
+    ) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._group_id = group_id
+        self._topics = tuple(topics)
+        self._handlers = dict(handlers)
+        self._uow = uow
+        self._dead_letters = dead_letters
+        self._max_attempts = max_attempts
+        self._timeout = timeout_seconds
+        self._max_backoff = max_backoff_seconds
+        self._backoff = 0.1
+
+    async def run(self) -> None:
+        """Consume until cancelled; a lost broker connection restarts the consumer after a backoff."""
+        while True:
+            consumer = self._new_consumer()
+            try:
+                await asyncio.wait_for(consumer.start(), self._timeout)
+                await self._consume(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer %s restarting after %r", self._group_id, exc)
+            finally:
+                await _stop(consumer, self._timeout)
+            await self._pause()
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=self._group_id,
+            client_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            request_timeout_ms=int(self._timeout * 1000) + 5_000,
+        )
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            for partition, records in batches.items():
+                await self._process_partition(consumer, partition, records)
+
+    async def _process_partition(
+        self, consumer: AIOKafkaConsumer, partition: TopicPartition, records: list[ConsumerRecord[Any, Any]]
+    ) -> None:
+        next_offset: int | None = None
+        for record in records:
+            try:
+                await self._handle(record)
+            except Outage as exc:
+                log.warning("outage at %s offset %d, will retry: %r", partition, record.offset, exc.__cause__)
+                await self._commit(consumer, partition, next_offset)
+                _rewind(consumer, partition, record.offset)
+                await self._pause()
+                return
+            next_offset = record.offset + 1
+        self._backoff = 0.1
+        await self._commit(consumer, partition, next_offset)
+
+    async def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
+        try:
+            event = CloudEvent.from_kafka(record.key, record.value, record.headers)
+        except InvalidEvent as exc:
+            await self._dead_letter(record, exc)
+            return
+        handler = self._handlers.get(event.type)
+        if handler is None:
+            log.info("ignoring %s event %s on %s", event.type, event.id, record.topic)
+            return
+        await self._apply_with_retries(record, event, handler)
+
+    async def _apply_with_retries(self, record: ConsumerRecord[Any, Any], event: CloudEvent, handler: Handler) -> None:
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                await self._apply(record.topic, event, handler)
+                return
+            except InvalidEvent as exc:
+                await self._dead_letter(record, exc)
+                return
+            except Exception as exc:
+                if is_outage(exc):
+                    raise Outage() from exc
+                if attempt == self._max_attempts:
+                    await self._dead_letter(record, exc)
+                    return
+                log.warning("event %s failed (attempt %d): %r", event.id, attempt, exc)
+
+    async def _apply(self, topic: str, event: CloudEvent, handler: Handler) -> None:
+        async with self._uow.transaction() as tx:
+            if await tx.mark_processed(event.id, topic=topic):
+                await handler(tx, event)
+
+    async def _dead_letter(self, record: ConsumerRecord[Any, Any], error: BaseException) -> None:
+        log.error("dead-lettering %s[%d]@%d: %r", record.topic, record.partition, record.offset, error)
+        headers = [*list(record.headers), *_error_headers(record, error)]
+        letter = OutboundRecord(dead_letter_topic(record.topic), record.key, record.value, headers)
+        try:
+            await self._dead_letters.publish([letter])
+        except Exception as exc:
+            raise Outage() from exc
+
+    async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int | None) -> None:
+        if offset is None:
+            return
+        try:
+            await asyncio.wait_for(consumer.commit({partition: offset}), self._timeout)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partition moved to another member during a rebalance; it re-reads from the last
+            # committed offset and its inbox turns the redelivery into a no-op.
+            log.warning("offset commit for %s lost to a rebalance: %r", partition, exc)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("offset commit for %s failed, events will be redelivered: %r", partition, exc)
+
+    async def _pause(self) -> None:
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+
+
+def _rewind(consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> None:
+    # No longer ours after a rebalance? The new owner starts from the committed offset.
+    with contextlib.suppress(IllegalStateError, AssertionError):
+        consumer.seek(partition, offset)
+
+
+def _error_headers(record: ConsumerRecord[Any, Any], error: BaseException) -> list[tuple[str, bytes]]:
+    return [
+        ("baton_error", str(error)[:2000].encode()),
+        ("baton_error_type", type(error).__name__.encode()),
+        ("baton_original_topic", record.topic.encode()),
+        ("baton_original_partition", str(record.partition).encode()),
+        ("baton_original_offset", str(record.offset).encode()),
+        ("baton_failed_at", utc_now().isoformat().encode()),
+    ]
+
+
+async def _stop(consumer: AIOKafkaConsumer, deadline_seconds: float) -> None:
+    try:
+        await asyncio.wait_for(consumer.stop(), deadline_seconds)
+    except Exception as exc:  # best effort: this consumer is being replaced
+        log.warning("consumer did not stop cleanly: %r", exc)

@@ -1,0 +1,123 @@
+"""Engines, session factories and versioned migrations. Nothing here is built at import time."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Connection, DateTime, Integer, MetaData, String, Table, event, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from shared.envelope import utc_now
+
+
+def is_postgres(engine: AsyncEngine) -> bool:
+    """True when the engine talks to PostgreSQL."""
+    return engine.dialect.name == "postgresql"
+
+
+def make_engine(url: str, *, schema: str) -> AsyncEngine:
+    """An async engine with timeouts, so an unreachable database fails fast instead of hanging."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _make_sqlite_engine(url)
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=5,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"search_path": schema}, "timeout": 5, "command_timeout": 30},
+    )
+
+
+def _make_sqlite_engine(url: str) -> AsyncEngine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _tune(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Session factory; objects stay usable after commit so handlers can answer from them."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def advisory_lock_key(name: str) -> int:
+    """A stable 31-bit key for pg advisory locks, derived from a name."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change of a service: applied once, in version order, in its own transaction."""
+
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def create_tables(metadata: MetaData, *names: str) -> Callable[[Connection], None]:
+    """A migration step that creates the named tables (and their indexes) as declared in `metadata`."""
+
+    def _apply(connection: Connection) -> None:
+        metadata.create_all(connection, tables=[metadata.tables[name] for name in names])
+
+    return _apply
+
+
+_history = MetaData()
+_schema_migrations = Table(
+    "schema_migrations",
+    _history,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+
+async def migrate(engine: AsyncEngine, migrations: Sequence[Migration], *, schema: str) -> list[int]:
+    """Apply pending migrations; replicas starting together serialise on an advisory lock."""
+    async with engine.connect() as connection:
+        if is_postgres(engine):
+            await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            await connection.execute(select(text(f"pg_advisory_lock({advisory_lock_key('migrate:' + schema)})")))
+            await connection.commit()
+        try:
+            return await _apply_pending(connection, migrations)
+        finally:
+            if is_postgres(engine):
+                key = advisory_lock_key("migrate:" + schema)
+                await connection.execute(select(text(f"pg_advisory_unlock({key})")))
+                await connection.commit()
+
+
+async def _apply_pending(connection: Any, migrations: Sequence[Migration]) -> list[int]:
+    await connection.run_sync(lambda sync: _history.create_all(sync))
+    await connection.commit()
+    done = set((await connection.execute(select(_schema_migrations.c.version))).scalars())
+    applied: list[int] = []
+    for migration in sorted(migrations, key=lambda m: m.version):
+        if migration.version in done:
+            continue
+        await connection.run_sync(migration.apply)
+        await connection.execute(
+            _schema_migrations.insert().values(version=migration.version, name=migration.name, applied_at=utc_now())
+        )
+        await connection.commit()
+        applied.append(migration.version)
+    return applied

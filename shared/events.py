@@ -1,0 +1,132 @@
+"""Event payloads: frozen, versioned models, one per CloudEvents type. The only module that defines them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared import topics
+from shared.envelope import CloudEvent, InvalidEvent
+
+
+class EventPayload(BaseModel):
+    """Base of every payload: immutable, strict about unknown versions, lenient about new optional fields."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    EVENT_TYPE: ClassVar[str]
+    TOPIC: ClassVar[str]
+
+    lead_id: str
+
+    def to_event(self, *, source: str, event_id: str | None = None) -> CloudEvent:
+        """Wrap this payload in a CloudEvent keyed by its lead."""
+        data = self.model_dump(mode="json")
+        if event_id is None:
+            return CloudEvent(type=self.EVENT_TYPE, source=source, subject=self.lead_id, data=data)
+        return CloudEvent(type=self.EVENT_TYPE, source=source, subject=self.lead_id, data=data, id=event_id)
+
+
+class LeadCapturedV1(EventPayload):
+    """A form (or tool) handed a new lead to Baton."""
+
+    EVENT_TYPE: ClassVar[str] = "dev.baton.lead.captured.v1"
+    TOPIC: ClassVar[str] = topics.LEADS_CAPTURED
+
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    company_domain: str | None = None
+    job_title: str | None = None
+    phone: str | None = None
+    country: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    form_id: str | None = None
+    attributes: dict[str, str] = {}
+    captured_at: datetime
+
+
+class ScoreContribution(BaseModel):
+    """One rule's part in a score: why the lead got these points."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    points: int
+    reason: str
+
+
+class LeadScoredV1(EventPayload):
+    """Scoring's verdict on a lead, with its explanation."""
+
+    EVENT_TYPE: ClassVar[str] = "dev.baton.lead.scored.v1"
+    TOPIC: ClassVar[str] = topics.LEADS_SCORED
+
+    score: int
+    verdict: Literal["qualified", "nurture"]
+    model_version: str
+    contributions: tuple[ScoreContribution, ...]
+    company_domain: str | None = None
+    scored_at: datetime
+
+
+class LeadRoutedV1(EventPayload):
+    """Routing's decision for a lead: assigned to a rep, or waiting because nobody is eligible."""
+
+    EVENT_TYPE: ClassVar[str] = "dev.baton.lead.routed.v1"
+    TOPIC: ClassVar[str] = topics.LEADS_ROUTED
+
+    assignment_id: str
+    kind: Literal["assigned", "unassigned"]
+    rep_id: str | None = None
+    rep_name: str | None = None
+    reason: str
+    score: int
+    routed_at: datetime
+
+
+OutcomeKind = Literal["accepted", "contacted", "meeting_booked", "qualified", "disqualified", "won", "lost", "recycled"]
+
+
+class OutcomeRecordedV1(EventPayload):
+    """What sales did with a lead, as reported by a sales tool."""
+
+    EVENT_TYPE: ClassVar[str] = "dev.baton.lead.outcome.v1"
+    TOPIC: ClassVar[str] = topics.LEADS_OUTCOMES
+
+    outcome_id: str
+    kind: OutcomeKind
+    amount: Decimal | None = None
+    currency: str | None = None
+    reason: str | None = None
+    competitor: str | None = None
+    rep_id: str | None = None
+    external_id: str | None = None
+    occurred_at: datetime
+
+
+PAYLOAD_TYPES: dict[str, type[EventPayload]] = {
+    model.EVENT_TYPE: model for model in (LeadCapturedV1, LeadScoredV1, LeadRoutedV1, OutcomeRecordedV1)
+}
+
+P = TypeVar("P", bound=EventPayload)
+
+
+def parse_payload(event: CloudEvent, model: type[P]) -> P:
+    """Validate an event's data as `model`; raises InvalidEvent, which sends the record to the DLQ."""
+    if event.type != model.EVENT_TYPE:
+        raise InvalidEvent(f"expected {model.EVENT_TYPE}, got {event.type}")
+    try:
+        return model.model_validate(_with_subject(event))
+    except ValidationError as exc:
+        raise InvalidEvent(f"invalid {event.type} payload: {exc.errors(include_url=False)}") from exc
+
+
+def _with_subject(event: CloudEvent) -> dict[str, Any]:
+    return {"lead_id": event.subject, **event.data}

@@ -1,0 +1,111 @@
+"""Outbox relay: publishes committed outbox rows to Kafka in order, then marks them sent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import MetaData, Row, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.db import advisory_lock_key, is_postgres
+from shared.envelope import utc_now
+from shared.kafka import OutboundRecord, Publisher
+from shared.tables import OUTBOX
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    """Moves outbox rows to the broker: at least once, in commit order, never blocking the writers.
+
+    A crash between publishing and marking rows sent republishes them with the same event ids;
+    consumers' inboxes absorb the duplicates.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        metadata: MetaData,
+        publisher: Publisher,
+        lock_name: str,
+        batch_size: int = 500,
+        idle_seconds: float = 1.0,
+        max_backoff_seconds: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._sessions = sessions
+        self._outbox = metadata.tables[OUTBOX]
+        self._publisher = publisher
+        self._lock_key = advisory_lock_key("outbox:" + lock_name)
+        self._batch_size = batch_size
+        self._idle_seconds = idle_seconds
+        self._max_backoff = max_backoff_seconds
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        """Tell the relay that new rows were committed."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Relay forever; broker or database outages are retried with capped exponential backoff."""
+        backoff = 0.1
+        while True:
+            try:
+                published = await self.publish_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay failed, retrying in %.1fs: %r", backoff, exc)
+                await self._wait(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                continue
+            backoff = 0.1
+            if published < self._batch_size:
+                await self._wait(self._idle_seconds)
+
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        self._wakeup.clear()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unsent rows and mark them sent; returns how many were published."""
+        self._wakeup.clear()
+        async with self._sessions() as session, session.begin():
+            if is_postgres(self._engine) and not await self._take_turn(session):
+                return 0
+            rows = (
+                await session.execute(
+                    select(self._outbox)
+                    .where(self._outbox.c.sent_at.is_(None))
+                    .order_by(self._outbox.c.id)
+                    .limit(self._batch_size)
+                )
+            ).all()
+            if not rows:
+                return 0
+            await self._publisher.publish([_to_record(row) for row in rows])
+            ids = [row.id for row in rows]
+            await session.execute(update(self._outbox).where(self._outbox.c.id.in_(ids)).values(sent_at=utc_now()))
+        return len(rows)
+
+    async def _take_turn(self, session: AsyncSession) -> bool:
+        # Only one replica relays at a time, so rows reach Kafka in commit order.
+        return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(self._lock_key))))
+
+    async def pending_count(self) -> int:
+        """Rows committed but not yet published."""
+        async with self._sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(self._outbox).where(self._outbox.c.sent_at.is_(None))
+            )
+        return int(count or 0)
+
+
+def _to_record(row: Row[tuple[object, ...]]) -> OutboundRecord:
+    headers = [(name, value.encode()) for name, value in row.headers]
+    return OutboundRecord(topic=row.topic, key=row.message_key, value=row.value, headers=headers)

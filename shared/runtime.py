@@ -1,0 +1,146 @@
+"""A service's moving parts — engine, unit of work, outbox relay, consumer — built and stopped in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.consumer import EventConsumer, Handler
+from shared.db import Migration, make_engine, make_sessions, migrate
+from shared.kafka import KafkaPublisher, broker_reachable, ensure_topics
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceSettings
+from shared.topics import ALL_TOPICS, dead_letter_topic
+from shared.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    """Everything a service runs besides its HTTP routes; nothing is connected before `start`."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        metadata: MetaData,
+        migrations: Sequence[Migration],
+        consumes: Sequence[str] = (),
+        handlers: Mapping[str, Handler] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._metadata = metadata
+        self._migrations = migrations
+        self._consumes = tuple(consumes)
+        self._handlers = dict(handlers or {})
+        self._tasks: list[asyncio.Task[None]] = []
+        self._publishers: list[KafkaPublisher] = []
+        self._engine: AsyncEngine | None = None
+        self._uow: UnitOfWork | None = None
+        self.relay: OutboxRelay | None = None
+
+    @property
+    def uow(self) -> UnitOfWork:
+        """The service's unit of work; available once started."""
+        if self._uow is None:
+            raise RuntimeError("service runtime not started")
+        return self._uow
+
+    async def start(self) -> None:
+        """Migrate the database, then run the outbox relay and the consumer in the background."""
+        settings = self.settings
+        schema = settings.resolved_database_schema()
+        engine = self._engine = make_engine(settings.resolved_database_url(), schema=schema)
+        await migrate(engine, self._migrations, schema=schema)
+        sessions = make_sessions(engine)
+        self.relay = OutboxRelay(
+            engine=engine,
+            sessions=sessions,
+            metadata=self._metadata,
+            publisher=self._publisher("relay"),
+            lock_name=schema,
+        )
+        source = f"/baton/{settings.service_name}"
+        self._uow = UnitOfWork(sessions, self._metadata, source=source, on_emit=self.relay.wake)
+        self._spawn(self.relay.run(), "outbox-relay")
+        if self._consumes:
+            self._spawn(self._consume(), "consumer")
+
+    def _publisher(self, role: str) -> KafkaPublisher:
+        publisher = KafkaPublisher(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"baton-{self.settings.service_name}-{role}",
+            timeout_seconds=self.settings.broker_timeout_seconds,
+        )
+        self._publishers.append(publisher)
+        return publisher
+
+    def _spawn(self, work: asyncio.Future[None] | asyncio.Task[None] | object, name: str) -> None:
+        self._tasks.append(asyncio.create_task(work, name=f"{self.settings.service_name}-{name}"))  # type: ignore[arg-type]
+
+    async def _consume(self) -> None:
+        await self._ensure_topics()
+        consumer = EventConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=f"baton-{self.settings.service_name}",
+            topics=self._consumes,
+            handlers=self._handlers,
+            uow=self.uow,
+            dead_letters=self._publisher("dlq"),
+            max_attempts=self.settings.consumer_max_attempts,
+            timeout_seconds=self.settings.broker_timeout_seconds,
+        )
+        await consumer.run()
+
+    async def _ensure_topics(self) -> None:
+        # The broker may be down at start-up: keep trying, the outbox buffers meanwhile.
+        wanted = [*ALL_TOPICS, *(dead_letter_topic(topic) for topic in self._consumes)]
+        delay = 0.2
+        while True:
+            try:
+                await ensure_topics(
+                    self.settings.kafka_bootstrap_servers,
+                    wanted,
+                    partitions=self.settings.topic_partitions,
+                    timeout_seconds=self.settings.broker_timeout_seconds,
+                )
+                return
+            except Exception as exc:
+                log.warning("cannot create topics yet, retrying in %.1fs: %r", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        """Cancel background work, close producers and dispose of the engine."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for publisher in self._publishers:
+            await publisher.close()
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether the database and the broker answer right now."""
+        return {
+            "database": await self._database_answers(),
+            "broker": await broker_reachable(self.settings.kafka_bootstrap_servers),
+        }
+
+    async def _database_answers(self) -> bool:
+        if self._engine is None:
+            return False
+        try:
+            async with asyncio.timeout(2), self._engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True

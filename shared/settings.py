@@ -1,0 +1,43 @@
+"""Settings shared by every service; each service subclasses with its own env prefix and port."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every Baton service needs: where it listens, its database, the broker and the admin key."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    service_name: str = "baton"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str | None = None
+    database_schema: str | None = None
+    data_dir: Path = Field(Path("var"), validation_alias=AliasChoices("data_dir", "BATON_DATA_DIR"))
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias=AliasChoices("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS")
+    )
+    admin_key: SecretStr | None = Field(None, validation_alias=AliasChoices("admin_key", "BATON_ADMIN_KEY"))
+    topic_partitions: int = 3
+    broker_timeout_seconds: float = 10.0
+    consumer_max_attempts: int = 3
+    log_level: str = "INFO"
+
+    def resolved_database_url(self) -> str:
+        """This service's own URL, else the shared DATABASE_URL (one schema per service), else a SQLite file."""
+        if self.database_url:
+            return self.database_url
+        shared_url = os.environ.get("DATABASE_URL")
+        if shared_url:
+            return shared_url
+        return f"sqlite+aiosqlite:///{self.data_dir / (self.service_name + '.db')}"
+
+    def resolved_database_schema(self) -> str:
+        """PostgreSQL schema holding this service's tables (ignored by SQLite)."""
+        return self.database_schema or self.service_name

@@ -1,0 +1,16 @@
+"""Kafka topic names: the one place they are spelled."""
+
+from typing import Final
+
+LEADS_CAPTURED: Final = "leads.captured"
+LEADS_ACTIVITY: Final = "leads.activity"
+LEADS_SCORED: Final = "leads.scored"
+LEADS_ROUTED: Final = "leads.routed"
+LEADS_OUTCOMES: Final = "leads.outcomes"
+
+ALL_TOPICS: Final = (LEADS_CAPTURED, LEADS_ACTIVITY, LEADS_SCORED, LEADS_ROUTED, LEADS_OUTCOMES)
+
+
+def dead_letter_topic(topic: str) -> str:
+    """Name of the topic that holds the dead letters of `topic`."""
+    return f"{topic}.dlq"

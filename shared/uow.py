@@ -1,0 +1,82 @@
+"""Unit of work: a state change, the events it emits (outbox) and the event it consumed (inbox) commit together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from sqlalchemy import MetaData, Table, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.envelope import CloudEvent, utc_now
+from shared.events import EventPayload
+from shared.tables import INBOX, OUTBOX
+
+
+class Transaction:
+    """One open database transaction of a service; records outbox and inbox rows beside the effect."""
+
+    def __init__(self, session: AsyncSession, *, source: str, outbox: Table, inbox: Table) -> None:
+        self.session = session
+        self.source = source
+        self._outbox = outbox
+        self._inbox = inbox
+        self.emitted: list[CloudEvent] = []
+
+    async def emit(self, payload: EventPayload, *, event_id: str | None = None) -> CloudEvent:
+        """Queue `payload` for publication on its topic; it is published only if this transaction commits."""
+        event = payload.to_event(source=self.source, event_id=event_id)
+        key, value, headers = event.to_kafka()
+        await self.session.execute(
+            self._outbox.insert().values(
+                event_id=event.id,
+                topic=payload.TOPIC,
+                message_key=key,
+                value=value,
+                headers=[[name, raw.decode()] for name, raw in headers],
+                created_at=utc_now(),
+            )
+        )
+        self.emitted.append(event)
+        return event
+
+    async def mark_processed(self, event_id: str, *, topic: str) -> bool:
+        """Record a consumed event; False if it was already applied (a redelivery that must change nothing)."""
+        seen = await self.session.scalar(select(self._inbox.c.event_id).where(self._inbox.c.event_id == event_id))
+        if seen is not None:
+            return False
+        await self.session.execute(self._inbox.insert().values(event_id=event_id, topic=topic, processed_at=utc_now()))
+        return True
+
+
+class UnitOfWork:
+    """Opens transactions for a service and wakes the outbox relay after a commit that emitted events."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        metadata: MetaData,
+        *,
+        source: str,
+        on_emit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._sessions = sessions
+        self._outbox = metadata.tables[OUTBOX]
+        self._inbox = metadata.tables[INBOX]
+        self._source = source
+        self.on_emit = on_emit
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Begin; commit when the block ends normally, roll back if it raises."""
+        async with self._sessions() as session, session.begin():
+            tx = Transaction(session, source=self._source, outbox=self._outbox, inbox=self._inbox)
+            yield tx
+        if tx.emitted:
+            self.on_emit()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for queries that change nothing."""
+        async with self._sessions() as session:
+            yield session
