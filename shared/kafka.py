@@ -111,7 +111,7 @@ async def ensure_topics(
             with contextlib.suppress(TopicAlreadyExistsError):
                 await asyncio.wait_for(admin.create_topics(missing), timeout_seconds)
     finally:
-        await _stop_quietly(admin, timeout_seconds)
+        await admin.close()
 
 
 async def broker_reachable(bootstrap_servers: str, *, timeout_seconds: float = 2.0) -> bool:

@@ -1,0 +1,124 @@
+"""The event consumer against the real broker and PostgreSQL: inbox, DLQ, committed offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from sqlalchemy import func, select
+
+from shared.consumer import EventConsumer, Handler
+from shared.envelope import CloudEvent
+from shared.kafka import KafkaPublisher
+from shared.topics import dead_letter_topic
+from shared.uow import Transaction, UnitOfWork
+from tests.integration.conftest import effects, fresh_topic
+from tests.support.infra import KafkaBroker
+from tests.support.kafka_reader import header, read_topic
+from tests.support.polling import eventually
+
+EVENT_TYPE = "dev.baton.test.v1"
+
+
+async def record_effect(tx: Transaction, event: CloudEvent) -> None:
+    await tx.session.execute(effects.insert().values(event_id=event.id, note=str(event.data.get("note"))))
+
+
+async def always_fails(tx: Transaction, event: CloudEvent) -> None:
+    if event.data.get("note") == "bad":
+        raise ValueError("this event can never be applied")
+    await record_effect(tx, event)
+
+
+@contextlib.asynccontextmanager
+async def running_consumer(
+    kafka: KafkaBroker, uow: UnitOfWork, topic: str, group: str, handler: Handler
+) -> AsyncIterator[None]:
+    publisher = KafkaPublisher(bootstrap_servers=kafka.bootstrap_servers, client_id="test-dlq", timeout_seconds=10)
+    consumer = EventConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=group,
+        topics=[topic],
+        handlers={EVENT_TYPE: handler},
+        uow=uow,
+        dead_letters=publisher,
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await publisher.close()
+
+
+async def produce(kafka: KafkaBroker, topic: str, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers, partition=0)
+    finally:
+        await producer.stop()
+
+
+async def effect_notes(uow: UnitOfWork) -> list[str]:
+    async with uow.read() as session:
+        return list((await session.execute(select(effects.c.note).order_by(effects.c.note))).scalars())
+
+
+async def committed_offset(kafka: KafkaBroker, topic: str, group: str) -> int | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        result = await consumer.committed(TopicPartition(topic, 0))
+        return int(result) if result is not None else None
+    finally:
+        await consumer.stop()
+
+
+def event(note: str) -> CloudEvent:
+    return CloudEvent(type=EVENT_TYPE, source="/test", subject="lead-1", data={"note": note})
+
+
+async def test_redelivered_event_is_applied_once_and_offsets_are_committed(kafka: KafkaBroker, uow: UnitOfWork) -> None:
+    topic, group = fresh_topic("inbox"), fresh_topic("group")
+    first, second = event("first"), event("second")
+    await produce(kafka, topic, [first.to_kafka(), first.to_kafka(), second.to_kafka()])
+
+    async with running_consumer(kafka, uow, topic, group, record_effect):
+        await eventually(lambda: _count_is(uow, 2), message="both events applied")
+        await eventually(lambda: _offset_is(kafka, topic, group, 3), message="offset committed past all three")
+
+    assert await effect_notes(uow) == ["first", "second"]
+
+
+async def test_poison_and_failing_events_go_to_the_dlq_and_later_events_flow(
+    kafka: KafkaBroker, uow: UnitOfWork
+) -> None:
+    topic, group = fresh_topic("poison"), fresh_topic("group")
+    bad = event("bad")
+    await produce(kafka, topic, [(b"lead-1", b"{not json", []), bad.to_kafka(), event("after").to_kafka()])
+
+    async with running_consumer(kafka, uow, topic, group, always_fails):
+        await eventually(lambda: _count_is(uow, 1), message="the good event after the poison applied")
+        letters = await read_topic(kafka.bootstrap_servers, dead_letter_topic(topic), until=lambda seen: len(seen) >= 2)
+        await eventually(lambda: _offset_is(kafka, topic, group, 3), message="partition moved past the poison")
+
+    assert await effect_notes(uow) == ["after"]
+    assert [letter.value for letter in letters] == [b"{not json", bad.to_kafka()[1]]
+    assert [header(letter, "baton_error_type") for letter in letters] == ["InvalidEvent", "ValueError"]
+    assert all(header(letter, "baton_original_topic") == topic for letter in letters)
+    assert header(letters[1], "ce_id") == bad.id
+
+
+async def _count_is(uow: UnitOfWork, expected: int) -> bool:
+    async with uow.read() as session:
+        return await session.scalar(select(func.count()).select_from(effects)) == expected
+
+
+async def _offset_is(kafka: KafkaBroker, topic: str, group: str, expected: int) -> bool:
+    return await committed_offset(kafka, topic, group) == expected

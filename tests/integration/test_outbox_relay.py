@@ -1,0 +1,79 @@
+"""The outbox relay against the real broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db import make_sessions
+from shared.envelope import CloudEvent, utc_now
+from shared.kafka import KafkaPublisher
+from shared.outbox import OutboxRelay
+from shared.tables import OUTBOX
+from tests.integration.conftest import fresh_topic, metadata
+from tests.support.infra import KafkaBroker, free_port
+from tests.support.kafka_reader import header, read_topic
+
+
+async def add_outbox_rows(engine: AsyncEngine, topic: str, count: int) -> list[str]:
+    """Commit `count` events for one lead into the outbox; returns their ids in commit order."""
+    outbox = metadata.tables[OUTBOX]
+    ids = []
+    async with make_sessions(engine)() as session, session.begin():
+        for number in range(count):
+            event = CloudEvent(type="dev.baton.test.v1", source="/baton/test", subject="lead-1", data={"n": number})
+            key, value, headers = event.to_kafka()
+            await session.execute(
+                outbox.insert().values(
+                    event_id=event.id,
+                    topic=topic,
+                    message_key=key,
+                    value=value,
+                    headers=[[name, raw.decode()] for name, raw in headers],
+                    created_at=utc_now(),
+                )
+            )
+            ids.append(event.id)
+    return ids
+
+
+def relay_for(engine: AsyncEngine, bootstrap_servers: str, *, timeout: float = 10.0) -> OutboxRelay:
+    publisher = KafkaPublisher(bootstrap_servers=bootstrap_servers, client_id="test-relay", timeout_seconds=timeout)
+    return OutboxRelay(
+        engine=engine, sessions=make_sessions(engine), metadata=metadata, publisher=publisher, lock_name="test"
+    )
+
+
+async def test_relay_publishes_committed_rows_in_order_as_cloudevents(engine: AsyncEngine, kafka: KafkaBroker) -> None:
+    topic = fresh_topic("relay")
+    ids = await add_outbox_rows(engine, topic, 20)
+    relay = relay_for(engine, kafka.bootstrap_servers)
+
+    assert await relay.publish_pending() == 20
+
+    records = await read_topic(kafka.bootstrap_servers, topic, until=lambda seen: len(seen) >= 20)
+    assert [header(record, "ce_id") for record in records] == ids
+    assert {header(record, "ce_subject") for record in records} == {"lead-1"}
+    assert all(record.key == b"lead-1" for record in records)
+    assert all(header(record, "content-type") == "application/json" for record in records)
+    assert await relay.pending_count() == 0
+
+
+async def test_relay_with_broker_down_fails_fast_and_keeps_every_row(engine: AsyncEngine, kafka: KafkaBroker) -> None:
+    topic = fresh_topic("outage")
+    ids = await add_outbox_rows(engine, topic, 5)
+    dead_relay = relay_for(engine, f"127.0.0.1:{free_port()}", timeout=2.0)
+
+    started = time.monotonic()
+    try:
+        await dead_relay.publish_pending()
+        raise AssertionError("publishing to a dead broker succeeded")
+    except Exception as exc:
+        assert not isinstance(exc, AssertionError), exc
+    assert time.monotonic() - started < 10, "a broker call hung past its deadline"
+    assert await dead_relay.pending_count() == 5
+
+    assert await relay_for(engine, kafka.bootstrap_servers).publish_pending() == 5
+    records = await read_topic(kafka.bootstrap_servers, topic, until=lambda seen: len(seen) >= 5)
+    assert [header(record, "ce_id") for record in records] == ids

@@ -1,0 +1,99 @@
+"""The real Kafka broker and PostgreSQL server tests run against, started by the project's own scripts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
+PG_SCRIPT = ROOT / "deploy" / "postgres" / "pg.sh"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _run_script(script: Path, command: str, env: dict[str, str], *, timeout: float = 600) -> str:
+    result = subprocess.run(
+        ["bash", str(script), command], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{script.name} {command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def _last_assignment(output: str, name: str) -> str:
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith(name + "="):
+            return line.split("=", 1)[1]
+    raise RuntimeError(f"no {name}= line in:\n{output}")
+
+
+@dataclass
+class KafkaBroker:
+    """A broker started for this test run (or one given by KAFKA_BOOTSTRAP_SERVERS)."""
+
+    bootstrap_servers: str
+    env: dict[str, str]
+    owned: bool
+
+    @classmethod
+    def start(cls, run_dir: Path) -> KafkaBroker:
+        """Use KAFKA_BOOTSTRAP_SERVERS if set, else start a fresh single-node KRaft broker on a free port."""
+        given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if given:
+            return cls(bootstrap_servers=given, env={}, owned=False)
+        port = free_port()
+        env = {"KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(run_dir / f"kafka-{port}")}
+        output = _run_script(KAFKA_SCRIPT, "start", env)
+        return cls(bootstrap_servers=_last_assignment(output, "KAFKA_BOOTSTRAP_SERVERS"), env=env, owned=True)
+
+    def restart(self) -> None:
+        """Start the same broker again after `stop` or `kill` (same port, same data)."""
+        _run_script(KAFKA_SCRIPT, "start", self.env)
+
+    def stop(self, *, clean: bool = True) -> None:
+        """Stop the broker if this run started it."""
+        if self.owned:
+            _run_script(KAFKA_SCRIPT, "stop", {**self.env, "KAFKA_CLEAN": "1" if clean else "0"})
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (or the server given by DATABASE_URL)."""
+
+    url: str
+    env: dict[str, str]
+    owned: bool
+
+    @classmethod
+    def start(cls, run_dir: Path) -> PostgresServer:
+        """Use DATABASE_URL if set, else initdb and start a cluster on a free port."""
+        given = os.environ.get("DATABASE_URL")
+        if given:
+            return cls(url=given, env={}, owned=False)
+        port = free_port()
+        env = {"PG_PORT": str(port), "PG_DATA_DIR": str(run_dir / f"pg-{port}")}
+        output = _run_script(PG_SCRIPT, "start", env, timeout=300)
+        return cls(url=_last_assignment(output, "DATABASE_URL"), env=env, owned=True)
+
+    def create_database(self, prefix: str) -> str:
+        """A new empty database on this server; returns its URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        base, _, _ = self.url.rpartition("/")
+        admin_url = self.url.replace("postgresql+asyncpg://", "postgresql://")
+        subprocess.run(["psql", admin_url, "-q", "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True)
+        return f"{base}/{name}"
+
+    def stop(self) -> None:
+        """Stop and remove the cluster if this run started it."""
+        if self.owned:
+            _run_script(PG_SCRIPT, "stop", {**self.env, "PG_CLEAN": "1"})

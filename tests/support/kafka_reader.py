@@ -1,0 +1,54 @@
+"""Reads a topic from the beginning, outside any consumer group, to check what really reached Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+
+async def read_topic(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    until: Callable[[list[ConsumerRecord[Any, Any]]], bool],
+    timeout: float = 60.0,
+) -> list[ConsumerRecord[Any, Any]]:
+    """Every record of `topic` from offset 0, read until `until(records)` holds or the deadline passes."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records: list[ConsumerRecord[Any, Any]] = []
+    try:
+        partitions = await _partitions(consumer, topic, timeout)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + timeout
+        while not until(records) and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for batch in batches.values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float) -> list[TopicPartition]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cluster = await consumer._client.fetch_all_metadata()
+        numbers = cluster.partitions_for_topic(topic)
+        if numbers:
+            return [TopicPartition(topic, number) for number in sorted(numbers)]
+        await asyncio.sleep(0.1)  # poll
+    raise AssertionError(f"topic {topic} does not exist")
+
+
+def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
+    """A header of a record, decoded."""
+    for key, value in record.headers:
+        if key == name:
+            return bytes(value).decode()
+    return None
