@@ -139,7 +139,11 @@ class EventConsumer:
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], error: BaseException) -> None:
         log.error("dead-lettering %s[%d]@%d: %r", record.topic, record.partition, record.offset, error)
-        headers = [*list(record.headers), *_error_headers(record, error), ("baton_consumer_group", self._group_id.encode())]
+        headers = [
+            *list(record.headers),
+            *_error_headers(record, error),
+            ("baton_consumer_group", self._group_id.encode()),
+        ]
         letter = OutboundRecord(dead_letter_topic(record.topic), record.key, record.value, headers)
         try:
             await self._dead_letters.publish([letter])
