@@ -76,6 +76,8 @@ class EventConsumer:
             client_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # The broker answers a fetch as soon as data arrives or after this wait: speed to lead, not batching.
+            fetch_max_wait_ms=50,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
             request_timeout_ms=int(self._timeout * 1000) + 5_000,

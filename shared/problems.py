@@ -58,7 +58,9 @@ def field_errors(errors: Any) -> list[dict[str, str]]:
     """Pydantic errors as [{field, message}], the field as a dotted path without the body/query prefix."""
     result = []
     for error in errors:
-        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        location = [str(part) for part in error.get("loc", ())]
+        if location and location[0] in ("body", "query", "path", "header"):
+            location = location[1:]
         result.append({"field": ".".join(location) or "body", "message": str(error.get("msg", "invalid"))})
     return result
 

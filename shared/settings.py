@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
     """What every Baton service needs: where it listens, its database, the broker and the admin key."""
 
+    # Shared variables (KAFKA_BOOTSTRAP_SERVERS, BATON_ADMIN_KEY, BATON_DATA_DIR) carry no service prefix;
+    # populate_by_name lets tests pass every field by its name.
     model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
 
     service_name: str = "baton"
@@ -19,11 +21,9 @@ class ServiceSettings(BaseSettings):
     port: int = 8000
     database_url: str | None = None
     database_schema: str | None = None
-    data_dir: Path = Field(Path("var"), validation_alias=AliasChoices("data_dir", "BATON_DATA_DIR"))
-    kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092", validation_alias=AliasChoices("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS")
-    )
-    admin_key: SecretStr | None = Field(None, validation_alias=AliasChoices("admin_key", "BATON_ADMIN_KEY"))
+    data_dir: Path = Field(Path("var"), validation_alias="BATON_DATA_DIR")
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    admin_key: SecretStr | None = Field(None, validation_alias="BATON_ADMIN_KEY")
     topic_partitions: int = 3
     broker_timeout_seconds: float = 10.0
     consumer_max_attempts: int = 3

@@ -6,7 +6,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
@@ -14,6 +13,8 @@ from sqlalchemy import (
     String,
     Table,
 )
+
+from shared.db import UtcDateTime
 
 OUTBOX = "outbox"
 INBOX = "inbox"
@@ -30,8 +31,8 @@ def add_messaging_tables(metadata: MetaData) -> None:
         Column("message_key", LargeBinary, nullable=True),
         Column("value", LargeBinary, nullable=True),
         Column("headers", JSON, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("sent_at", DateTime(timezone=True), nullable=True),
+        Column("created_at", UtcDateTime(), nullable=False),
+        Column("sent_at", UtcDateTime(), nullable=True),
     )
     Index(
         "ix_outbox_pending",
@@ -44,5 +45,5 @@ def add_messaging_tables(metadata: MetaData) -> None:
         metadata,
         Column("event_id", String(64), primary_key=True),
         Column("topic", String(249), nullable=False),
-        Column("processed_at", DateTime(timezone=True), nullable=False),
+        Column("processed_at", UtcDateTime(), nullable=False),
     )

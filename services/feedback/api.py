@@ -8,7 +8,8 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from services.feedback import store
 from services.feedback.service import record_outcome
@@ -38,12 +39,6 @@ class OutcomeIn(BaseModel):
     external_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     occurred_at: AwareDatetime | None = None
 
-    @model_validator(mode="after")
-    def _won_has_amount(self) -> OutcomeIn:
-        if self.kind == "won" and (self.amount is None or self.currency is None):
-            raise ValueError("a won outcome needs amount and currency")
-        return self
-
 
 class OutcomeAccepted(BaseModel):
     """The answer to an outcome."""
@@ -72,6 +67,7 @@ class Timeline(BaseModel):
 @router.post("/outcomes", status_code=202, response_model=OutcomeAccepted)
 async def post_outcome(body: OutcomeIn, response: Response, uow: UowDep, _: PrincipalDep) -> OutcomeAccepted:
     """Record a sales outcome; repeating a tool's external_id returns the first answer."""
+    _require_amount_when_won(body)
     outcome = OutcomeRecordedV1(
         outcome_id=str(uuid.uuid4()),
         **body.model_dump(exclude={"occurred_at"}),
@@ -81,6 +77,14 @@ async def post_outcome(body: OutcomeIn, response: Response, uow: UowDep, _: Prin
     if status == "duplicate":
         response.status_code = 200
     return OutcomeAccepted(outcome_id=outcome_id, status=status)
+
+
+def _require_amount_when_won(body: OutcomeIn) -> None:
+    missing = [name for name in ("amount", "currency") if body.kind == "won" and getattr(body, name) is None]
+    if missing:
+        raise RequestValidationError(
+            [{"loc": ("body", name), "msg": "required when kind is won", "type": "missing"} for name in missing]
+        )
 
 
 @router.get("/leads/{lead_id}/timeline", response_model=Timeline)

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.feedback import store
 from services.feedback.domain import JourneyStep, outcome_step
+from shared.envelope import utc_now
 from shared.events import OutcomeRecordedV1
 from shared.topics import LEADS_OUTCOMES
 from shared.uow import Transaction, UnitOfWork
@@ -30,7 +31,7 @@ async def record_outcome(uow: UnitOfWork, outcome: OutcomeRecordedV1) -> tuple[s
                 tx.session,
                 **outcome.model_dump(exclude={"external_id"}),
                 external_id=outcome.external_id,
-                recorded_at=outcome.occurred_at,
+                recorded_at=utc_now(),
             )
             event = await tx.emit(outcome)
             # Our own event comes back on leads.outcomes: the inbox row makes that redelivery a no-op.

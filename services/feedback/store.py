@@ -9,7 +9,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     Index,
     Integer,
     MetaData,
@@ -21,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.feedback.domain import JourneyStep
-from shared.db import Migration, create_tables
+from shared.db import Migration, UtcDateTime, create_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 metadata = MetaData()
@@ -34,7 +33,7 @@ timeline = Table(
     Column("event_id", String(64), nullable=False, unique=True),
     Column("lead_id", String(36), nullable=False),
     Column("step", String(50), nullable=False),
-    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("occurred_at", UtcDateTime(), nullable=False),
     Column("actor", String(100), nullable=False),
     Column("reason", String(2000), nullable=False),
     Column("details", JSON, nullable=False),
@@ -53,8 +52,8 @@ outcomes = Table(
     Column("reason", String(1000)),
     Column("competitor", String(200)),
     Column("rep_id", String(64)),
-    Column("occurred_at", DateTime(timezone=True), nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("occurred_at", UtcDateTime(), nullable=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
 )
 
 MIGRATIONS = (

@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, model_validator
 
 from services.lead_intake.domain import Lead
 from services.lead_intake.service import capture_lead, new_lead_id
@@ -43,6 +43,14 @@ class LeadSubmission(BaseModel):
     attributes: dict[
         Annotated[str, StringConstraints(max_length=100)], Annotated[str, StringConstraints(max_length=1000)]
     ] = Field(default_factory=dict, max_length=50)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_absent(cls, fields: Any) -> Any:
+        # Forms send empty inputs as "": that is "not given", never a value to store.
+        if isinstance(fields, dict):
+            return {name: value for name, value in fields.items() if not (isinstance(value, str) and not value.strip())}
+        return fields
 
     def to_lead(self, lead_id: str) -> Lead:
         """The domain lead, with email and country normalised."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, select
+from sqlalchemy import JSON, Column, MetaData, String, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_intake.domain import Lead
-from shared.db import Migration, create_tables
+from shared.db import Migration, UtcDateTime, create_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 metadata = MetaData()
@@ -32,8 +32,8 @@ leads = Table(
     Column("utm_campaign", String(200)),
     Column("form_id", String(200)),
     Column("attributes", JSON, nullable=False),
-    Column("captured_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("captured_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 MIGRATIONS = (Migration(1, "leads, outbox and inbox", create_tables(metadata, "leads", OUTBOX, INBOX)),)

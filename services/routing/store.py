@@ -10,7 +10,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
-    DateTime,
     Integer,
     MetaData,
     String,
@@ -21,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.domain import Rep
-from shared.db import Migration, create_tables
+from shared.db import Migration, UtcDateTime, create_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 DEFAULT_POOL = "default"
@@ -36,7 +35,7 @@ reps = Table(
     Column("name", String(200), nullable=False),
     Column("email", String(320), nullable=False, unique=True),
     Column("active", Boolean, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 assignments = Table(
@@ -49,7 +48,7 @@ assignments = Table(
     Column("score", Integer, nullable=False),
     Column("reason", String(1000), nullable=False),
     Column("details", JSON, nullable=False),
-    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=False),
 )
 
 # One row per pool: whose turn it was last, locked while a lead is assigned so replicas take turns.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,9 +67,15 @@ def score_lead(facts: LeadFacts) -> Score:
     return Score(value=value, verdict=verdict, model_version=MODEL_VERSION, contributions=contributions)
 
 
+def seniority_word(job_title: str) -> str | None:
+    """The first senior word or phrase that stands as whole words in the title ("Contractor" is not a CTO)."""
+    words = re.findall(r"[a-z]+", job_title.lower())
+    padded = f" {' '.join(words)} "
+    return next((word for word in SENIOR_TITLE_WORDS if f" {word} " in padded), None)
+
+
 def _contributions(facts: LeadFacts) -> list[Contribution | None]:
-    title = (facts.job_title or "").lower()
-    senior_word = next((word for word in SENIOR_TITLE_WORDS if word in title.split() or word in title), None)
+    senior_word = seniority_word(facts.job_title or "")
     return [
         Contribution("business_email", 30, f"business email at {facts.company_domain}")
         if facts.company_domain

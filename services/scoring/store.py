@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, delete, select
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Migration, create_tables
+from shared.db import Migration, UtcDateTime, create_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 metadata = MetaData()
@@ -22,7 +22,7 @@ scores = Table(
     Column("verdict", String(20), nullable=False),
     Column("model_version", String(50), nullable=False),
     Column("contributions", JSON, nullable=False),
-    Column("scored_at", DateTime(timezone=True), nullable=False),
+    Column("scored_at", UtcDateTime(), nullable=False),
 )
 
 MIGRATIONS = (Migration(1, "scores, outbox and inbox", create_tables(metadata, "scores", OUTBOX, INBOX)),)

@@ -1,0 +1,220 @@
+"""Event consumer, driven without a broker: exactly-once effects, retries, dead letters and outage handling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.consumer import EventConsumer, Outage
+from shared.db import make_sessions, migrate
+from shared.envelope import CloudEvent
+from shared.events import LeadRoutedV1, LeadScoredV1, parse_payload
+from shared.topics import LEADS_SCORED
+from shared.uow import Transaction, UnitOfWork
+from tests.unit.fakes import FakePublisher, header, messaging_schema
+
+METADATA, MIGRATIONS = messaging_schema()
+PARTITION = TopicPartition(LEADS_SCORED, 0)
+
+
+@dataclass
+class RoutingEffect:
+    """A handler that routes each scored lead by emitting an event, failing on demand."""
+
+    applied: list[str] = field(default_factory=list)
+    failures: dict[str, list[BaseException]] = field(default_factory=dict)
+    attempts: int = 0
+
+    async def __call__(self, tx: Transaction, event: CloudEvent) -> None:
+        self.attempts += 1
+        scored = parse_payload(event, LeadScoredV1)
+        await tx.emit(_routed(scored.lead_id))
+        if self.failures.get(scored.lead_id):
+            raise self.failures[scored.lead_id].pop(0)
+        self.applied.append(scored.lead_id)
+
+
+class FakeKafkaConsumer:
+    """Records the offsets committed and the positions sought."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(offsets)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+
+@dataclass
+class Harness:
+    consumer: EventConsumer
+    effect: RoutingEffect
+    dead_letters: FakePublisher
+    uow: UnitOfWork
+    kafka: FakeKafkaConsumer = field(default_factory=FakeKafkaConsumer)
+
+    async def deliver(self, *records: ConsumerRecord[Any, Any]) -> None:
+        await self.consumer._process_partition(self.kafka, PARTITION, list(records))
+
+    async def outbox_size(self) -> int:
+        async with self.uow.read() as session:
+            return int(await session.scalar(select(func.count()).select_from(METADATA.tables["outbox"])) or 0)
+
+
+def _routed(lead_id: str) -> LeadRoutedV1:
+    return LeadRoutedV1(
+        lead_id=lead_id, assignment_id=f"a-{lead_id}", kind="unassigned", reason="r", score=1, routed_at=_AT
+    )
+
+
+_AT = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def _record(offset: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
+    return ConsumerRecord(
+        topic=LEADS_SCORED,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=headers,
+    )
+
+
+def _scored_record(offset: int, lead_id: str, *, event_id: str | None = None) -> Any:
+    scored = LeadScoredV1(
+        lead_id=lead_id, score=60, verdict="qualified", model_version="rules-v1", contributions=(), scored_at=_AT
+    )
+    return _record(offset, *scored.to_event(source="/baton/scoring", event_id=event_id).to_kafka())
+
+
+@pytest.fixture
+async def harness(engine: AsyncEngine) -> Harness:
+    await migrate(engine, MIGRATIONS, schema="unit")
+    uow = UnitOfWork(make_sessions(engine), METADATA, source="/baton/routing")
+    effect, dead_letters = RoutingEffect(), FakePublisher()
+    consumer = EventConsumer(
+        bootstrap_servers="unused:9092",
+        group_id="unit",
+        topics=[LEADS_SCORED],
+        handlers={LeadScoredV1.EVENT_TYPE: effect},
+        uow=uow,
+        dead_letters=dead_letters,
+        max_attempts=3,
+    )
+    consumer._backoff = 0.0  # the outage pause would otherwise really sleep
+    return Harness(consumer, effect, dead_letters, uow)
+
+
+async def test_events_are_applied_and_the_offset_after_the_last_is_committed(harness: Harness) -> None:
+    await harness.deliver(_scored_record(5, "lead-1"), _scored_record(6, "lead-2"))
+    assert harness.effect.applied == ["lead-1", "lead-2"]
+    assert harness.kafka.commits == [{PARTITION: 7}]
+    assert await harness.outbox_size() == 2
+
+
+async def test_redelivered_event_is_applied_once(harness: Harness) -> None:
+    record = _scored_record(5, "lead-1", event_id="event-1")
+    await harness.deliver(record)
+    await harness.deliver(record)
+    assert harness.effect.applied == ["lead-1"]
+    assert await harness.outbox_size() == 1
+    assert harness.kafka.commits == [{PARTITION: 6}, {PARTITION: 6}]
+
+
+async def test_malformed_record_is_dead_lettered_with_its_error_and_skipped(harness: Harness) -> None:
+    poison = _record(5, b"lead-1", b"not json", [("ce_id", b"e"), ("ce_source", b"s"), ("ce_type", b"t")])
+    await harness.deliver(poison, _scored_record(6, "lead-2"))
+    [letter] = harness.dead_letters.published
+    assert (letter.topic, letter.key, letter.value) == ("leads.scored.dlq", b"lead-1", b"not json")
+    assert header(letter.headers, "ce_id") == "e"
+    assert header(letter.headers, "baton_error_type") == "InvalidEvent"
+    assert "ce_specversion" in header(letter.headers, "baton_error")
+    assert header(letter.headers, "baton_original_topic") == LEADS_SCORED
+    assert (header(letter.headers, "baton_original_partition"), header(letter.headers, "baton_original_offset")) == (
+        "0",
+        "5",
+    )
+    assert harness.effect.applied == ["lead-2"]
+    assert harness.kafka.commits == [{PARTITION: 7}]
+
+
+async def test_payload_failing_validation_is_dead_lettered_without_retries(harness: Harness) -> None:
+    event = CloudEvent(type=LeadScoredV1.EVENT_TYPE, source="s", subject="lead-1", data={"score": "high"})
+    await harness.deliver(_record(5, *event.to_kafka()))
+    assert harness.effect.attempts == 1
+    assert header(harness.dead_letters.published[0].headers, "baton_error_type") == "InvalidEvent"
+    assert harness.kafka.commits == [{PARTITION: 6}]
+
+
+async def test_failing_handler_is_retried_then_dead_lettered_leaving_no_effect(harness: Harness) -> None:
+    harness.effect.failures["lead-1"] = [ValueError("bug")] * 3
+    await harness.deliver(_scored_record(5, "lead-1", event_id="event-1"))
+    assert harness.effect.attempts == 3
+    assert header(harness.dead_letters.published[0].headers, "baton_error_type") == "ValueError"
+    assert await harness.outbox_size() == 0
+    assert harness.kafka.commits == [{PARTITION: 6}]
+
+
+async def test_dead_lettered_event_can_be_replayed_once_fixed(harness: Harness) -> None:
+    harness.effect.failures["lead-1"] = [ValueError("bug")] * 3
+    await harness.deliver(_scored_record(5, "lead-1", event_id="event-1"))
+    await harness.deliver(_scored_record(6, "lead-1", event_id="event-1"))
+    assert harness.effect.applied == ["lead-1"]
+
+
+async def test_handler_that_succeeds_on_retry_is_applied_once(harness: Harness) -> None:
+    harness.effect.failures["lead-1"] = [ValueError("flaky")]
+    await harness.deliver(_scored_record(5, "lead-1"))
+    assert harness.effect.applied == ["lead-1"]
+    assert harness.dead_letters.published == []
+    assert await harness.outbox_size() == 1
+
+
+async def test_unknown_event_type_is_skipped_without_a_dead_letter(harness: Harness) -> None:
+    event = CloudEvent(type="dev.baton.unknown.v9", source="s", subject="lead-1", data={})
+    await harness.deliver(_record(5, *event.to_kafka()))
+    assert harness.effect.attempts == 0
+    assert harness.dead_letters.published == []
+    assert harness.kafka.commits == [{PARTITION: 6}]
+
+
+async def test_outage_commits_progress_and_rewinds_to_the_failed_record(harness: Harness) -> None:
+    harness.effect.failures["lead-2"] = [ConnectionResetError("database gone")]
+    await harness.deliver(_scored_record(10, "lead-1"), _scored_record(11, "lead-2"), _scored_record(12, "lead-3"))
+    assert harness.effect.attempts == 2
+    assert harness.effect.applied == ["lead-1"]
+    assert harness.dead_letters.published == []
+    assert harness.kafka.commits == [{PARTITION: 11}]
+    assert harness.kafka.seeks == [(PARTITION, 11)]
+
+
+async def test_outage_on_the_first_record_commits_nothing(harness: Harness) -> None:
+    harness.effect.failures["lead-1"] = [TimeoutError()]
+    await harness.deliver(_scored_record(10, "lead-1"))
+    assert harness.kafka.commits == []
+    assert harness.kafka.seeks == [(PARTITION, 10)]
+
+
+async def test_unreachable_dead_letter_topic_is_an_outage(harness: Harness) -> None:
+    harness.dead_letters.outages.append(ConnectionRefusedError("broker down"))
+    poison = _record(5, b"lead-1", None, [])
+    with pytest.raises(Outage):
+        await harness.consumer._handle(poison)
+    await harness.deliver(poison)
+    assert len(harness.dead_letters.published) == 1
+    assert harness.kafka.commits == [{PARTITION: 6}]

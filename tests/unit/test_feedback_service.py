@@ -1,0 +1,112 @@
+"""Feedback: outcomes recorded once per sales-tool id, and every event becomes a journey step."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.feedback import store
+from services.feedback.handlers import HANDLERS
+from services.feedback.service import record_outcome
+from shared.envelope import CloudEvent
+from shared.events import EventPayload, LeadCapturedV1, LeadRoutedV1, OutcomeRecordedV1, parse_payload
+from shared.topics import LEADS_OUTCOMES
+from shared.uow import UnitOfWork
+from tests.unit.fakes import migrated_unit_of_work, outbox_events
+
+T0 = datetime(2024, 5, 1, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+async def uow(engine: AsyncEngine) -> UnitOfWork:
+    return await migrated_unit_of_work(engine, store.metadata, store.MIGRATIONS, service="feedback")
+
+
+def _won(outcome_id: str, *, external_id: str | None = "crm-1", occurred_at: datetime = T0) -> OutcomeRecordedV1:
+    return OutcomeRecordedV1(
+        lead_id="lead-1",
+        outcome_id=outcome_id,
+        kind="won",
+        amount=Decimal("1200.50"),
+        currency="EUR",
+        external_id=external_id,
+        occurred_at=occurred_at,
+    )
+
+
+async def _consume(uow: UnitOfWork, event: CloudEvent) -> None:
+    """What the consumer does with one event: inbox, then handler, in one transaction."""
+    async with uow.transaction() as tx:
+        if await tx.mark_processed(event.id, topic="any"):
+            await HANDLERS[event.type](tx, event)
+
+
+async def _steps(uow: UnitOfWork) -> list[str]:
+    async with uow.read() as session:
+        return [row["step"] for row in await store.load_journey(session, lead_id="lead-1")]
+
+
+def _event(payload: EventPayload) -> CloudEvent:
+    return payload.to_event(source="/baton/test")
+
+
+async def test_outcome_is_recorded_announced_and_added_to_the_journey(uow: UnitOfWork) -> None:
+    assert await record_outcome(uow, _won("o-1")) == ("o-1", "recorded")
+    [event] = await outbox_events(uow, store.metadata)
+    assert parse_payload(event, OutcomeRecordedV1) == _won("o-1")
+    assert await _steps(uow) == ["outcome:won"]
+
+
+async def test_repeated_external_id_returns_the_first_outcome_and_changes_nothing(uow: UnitOfWork) -> None:
+    await record_outcome(uow, _won("o-1"))
+    assert await record_outcome(uow, _won("o-2")) == ("o-1", "duplicate")
+    assert len(await outbox_events(uow, store.metadata)) == 1
+    assert await _steps(uow) == ["outcome:won"]
+
+
+async def test_outcomes_without_external_id_are_never_duplicates(uow: UnitOfWork) -> None:
+    await record_outcome(uow, _won("o-1", external_id=None))
+    assert await record_outcome(uow, _won("o-2", external_id=None)) == ("o-2", "recorded")
+
+
+async def test_own_outcome_coming_back_from_the_topic_is_not_a_second_step(uow: UnitOfWork) -> None:
+    await record_outcome(uow, _won("o-1"))
+    [event] = await outbox_events(uow, store.metadata)
+    async with uow.transaction() as tx:
+        assert await tx.mark_processed(event.id, topic=LEADS_OUTCOMES) is False
+    assert await _steps(uow) == ["outcome:won"]
+
+
+async def test_journey_lists_steps_in_the_order_they_happened(uow: UnitOfWork) -> None:
+    routed = LeadRoutedV1(
+        lead_id="lead-1",
+        assignment_id="a-1",
+        kind="assigned",
+        rep_id="rep-a",
+        rep_name="Aiko",
+        reason="round robin",
+        score=70,
+        routed_at=T0 + timedelta(minutes=2),
+    )
+    captured = LeadCapturedV1(lead_id="lead-1", email="ada@acme.test", captured_at=T0)
+    await _consume(uow, _event(routed))
+    await _consume(uow, _event(captured))
+    await _consume(uow, _event(_won("o-9", occurred_at=T0 + timedelta(days=3))))
+    assert await _steps(uow) == ["captured", "routed", "outcome:won"]
+
+
+async def test_redelivered_event_adds_one_step(uow: UnitOfWork) -> None:
+    event = _event(LeadCapturedV1(lead_id="lead-1", email="ada@acme.test", captured_at=T0))
+    await _consume(uow, event)
+    await _consume(uow, event)
+    assert await _steps(uow) == ["captured"]
+
+
+async def test_journey_orders_steps_by_instant_whatever_their_offset(uow: UnitOfWork) -> None:
+    await _consume(uow, _event(LeadCapturedV1(lead_id="lead-1", email="ada@acme.test", captured_at=T0)))
+    earlier = datetime(2024, 5, 1, 10, 30, tzinfo=timezone(timedelta(hours=2)))
+    await record_outcome(uow, _won("o-1", occurred_at=earlier))
+    assert await _steps(uow) == ["outcome:won", "captured"]

@@ -1,0 +1,125 @@
+"""Unit of work: outbox rows commit with the effect, and the inbox turns redeliveries into no-ops."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db import make_sessions, migrate
+from shared.events import LeadRoutedV1
+from shared.topics import LEADS_ROUTED, LEADS_SCORED
+from shared.uow import UnitOfWork
+from tests.unit.fakes import header, messaging_schema
+
+METADATA, MIGRATIONS = messaging_schema()
+OUTBOX = METADATA.tables["outbox"]
+INBOX = METADATA.tables["inbox"]
+
+ROUTED = LeadRoutedV1(
+    lead_id="lead-1",
+    assignment_id="a-1",
+    kind="unassigned",
+    reason="no active rep",
+    score=10,
+    routed_at=datetime(2024, 5, 1, tzinfo=UTC),
+)
+
+
+class Wakes:
+    """Counts how often the relay would have been woken."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+@pytest.fixture
+def wakes() -> Wakes:
+    return Wakes()
+
+
+@pytest.fixture
+async def uow(engine: AsyncEngine, wakes: Wakes) -> UnitOfWork:
+    await migrate(engine, MIGRATIONS, schema="unit")
+    return UnitOfWork(make_sessions(engine), METADATA, source="/baton/unit", on_emit=wakes)
+
+
+async def _outbox_rows(uow: UnitOfWork) -> list[dict[str, Any]]:
+    async with uow.read() as session:
+        return [dict(row) for row in (await session.execute(select(OUTBOX).order_by(OUTBOX.c.id))).mappings()]
+
+
+async def test_emitted_event_is_stored_in_the_outbox_when_the_transaction_commits(uow: UnitOfWork) -> None:
+    async with uow.transaction() as tx:
+        event = await tx.emit(ROUTED)
+    [row] = await _outbox_rows(uow)
+    assert (row["event_id"], row["topic"], row["message_key"], row["sent_at"]) == (
+        event.id,
+        LEADS_ROUTED,
+        b"lead-1",
+        None,
+    )
+    headers = [(name, value.encode()) for name, value in row["headers"]]
+    assert header(headers, "ce_id") == event.id
+    assert header(headers, "ce_source") == "/baton/unit"
+    assert header(headers, "ce_type") == LeadRoutedV1.EVENT_TYPE
+
+
+async def test_rolled_back_transaction_leaves_no_outbox_row_and_wakes_nobody(uow: UnitOfWork, wakes: Wakes) -> None:
+    with pytest.raises(RuntimeError, match="effect failed"):
+        async with uow.transaction() as tx:
+            await tx.emit(ROUTED)
+            raise RuntimeError("effect failed")
+    assert await _outbox_rows(uow) == []
+    assert wakes.count == 0
+
+
+async def test_relay_is_woken_once_after_a_commit_that_emitted(uow: UnitOfWork, wakes: Wakes) -> None:
+    async with uow.transaction() as tx:
+        await tx.emit(ROUTED)
+        await tx.emit(ROUTED.model_copy(update={"assignment_id": "a-2"}))
+    assert wakes.count == 1
+
+
+async def test_relay_is_woken_only_once_the_block_has_committed(uow: UnitOfWork, wakes: Wakes) -> None:
+    async with uow.transaction() as tx:
+        await tx.emit(ROUTED)
+        assert wakes.count == 0
+    assert wakes.count == 1
+
+
+async def test_commit_without_events_does_not_wake_the_relay(uow: UnitOfWork, wakes: Wakes) -> None:
+    async with uow.transaction() as tx:
+        await tx.mark_processed("event-1", topic=LEADS_SCORED)
+    assert wakes.count == 0
+
+
+async def test_explicit_event_id_is_stored(uow: UnitOfWork) -> None:
+    async with uow.transaction() as tx:
+        await tx.emit(ROUTED, event_id="fixed-id")
+    assert [row["event_id"] for row in await _outbox_rows(uow)] == ["fixed-id"]
+
+
+async def test_redelivered_event_is_applied_once(uow: UnitOfWork) -> None:
+    async with uow.transaction() as tx:
+        assert await tx.mark_processed("event-1", topic=LEADS_SCORED) is True
+    async with uow.transaction() as tx:
+        assert await tx.mark_processed("event-1", topic=LEADS_SCORED) is False
+        assert await tx.mark_processed("event-2", topic=LEADS_SCORED) is True
+
+
+async def test_inbox_row_is_rolled_back_with_a_failed_effect(uow: UnitOfWork) -> None:
+    with pytest.raises(RuntimeError):
+        async with uow.transaction() as tx:
+            await tx.mark_processed("event-1", topic=LEADS_SCORED)
+            raise RuntimeError("handler failed")
+    async with uow.transaction() as tx:
+        assert await tx.mark_processed("event-1", topic=LEADS_SCORED) is True
+    async with uow.read() as session:
+        assert await session.scalar(select(func.count()).select_from(INBOX)) == 1
