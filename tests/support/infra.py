@@ -81,7 +81,8 @@ class PostgresServer:
         if given:
             return cls(url=given, env={}, owned=False)
         port = free_port()
-        env = {"PG_PORT": str(port), "PG_DATA_DIR": str(run_dir / f"pg-{port}")}
+        # pg.sh picks the data dir: the server runs as the postgres user, which may not reach run_dir.
+        env = {"PG_PORT": str(port)}
         output = _run_script(PG_SCRIPT, "start", env, timeout=300)
         return cls(url=_last_assignment(output, "DATABASE_URL"), env=env, owned=True)
 
