@@ -27,8 +27,8 @@ def kafka(run_dir: Path) -> Iterator[KafkaBroker]:
 
 
 @pytest.fixture(scope="session")
-def postgres(run_dir: Path) -> Iterator[PostgresServer]:
+def postgres() -> Iterator[PostgresServer]:
     """The real PostgreSQL server; failing to start it fails the tests, never skips them."""
-    server = PostgresServer.start(run_dir)
+    server = PostgresServer.start()
     yield server
     server.stop()

@@ -75,7 +75,7 @@ class PostgresServer:
     owned: bool
 
     @classmethod
-    def start(cls, run_dir: Path) -> PostgresServer:
+    def start(cls) -> PostgresServer:
         """Use DATABASE_URL if set, else initdb and start a cluster on a free port."""
         given = os.environ.get("DATABASE_URL")
         if given:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -46,8 +47,11 @@ class FakeKafkaConsumer:
     def __init__(self) -> None:
         self.commits: list[dict[TopicPartition, int]] = []
         self.seeks: list[tuple[TopicPartition, int]] = []
+        self.rebalanced = False
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.rebalanced:
+            raise CommitFailedError("the group rebalanced")
         self.commits.append(offsets)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
@@ -125,6 +129,19 @@ async def test_events_are_applied_and_the_offset_after_the_last_is_committed(har
     assert harness.effect.applied == ["lead-1", "lead-2"]
     assert harness.kafka.commits == [{PARTITION: 7}]
     assert await harness.outbox_size() == 2
+
+
+async def test_commit_lost_to_a_rebalance_is_survived_and_the_redelivery_changes_nothing(harness: Harness) -> None:
+    record = _scored_record(5, "lead-1", event_id="event-1")
+    harness.kafka.rebalanced = True
+    await harness.deliver(record)  # must not raise: the new owner re-reads from the committed offset
+
+    harness.kafka.rebalanced = False
+    await harness.deliver(record)
+
+    assert harness.effect.applied == ["lead-1"]
+    assert await harness.outbox_size() == 1
+    assert harness.kafka.commits == [{PARTITION: 6}]
 
 
 async def test_redelivered_event_is_applied_once(harness: Harness) -> None:
