@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration e2e install kafka-install clean
+.PHONY: run test test-faults lint unit integration e2e install kafka-install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: install kafka-install
 ## test: lint, then unit, integration and end-to-end tests against a real Kafka broker and PostgreSQL
 test: install kafka-install lint
 	$(PY) -m pytest -q
+
+## test-faults: every fault scenario 3x SIGKILL + 1x SIGTERM, 2,000 leads each; table + var/reports/faults-*.json
+test-faults: install kafka-install
+	BATON_FAULTS=full $(PY) -m pytest -q -p no:cacheprovider tests/faults
 
 lint: install
 	$(VENV)/bin/ruff check .

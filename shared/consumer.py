@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from shared.envelope import CloudEvent, InvalidEvent, utc_now
+from shared.failpoints import Failpoints
 from shared.failures import is_outage
 from shared.kafka import OutboundRecord, Publisher
 from shared.topics import dead_letter_topic
@@ -41,6 +42,7 @@ class EventConsumer:
         max_attempts: int = 3,
         timeout_seconds: float = 10.0,
         max_backoff_seconds: float = 5.0,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._group_id = group_id
@@ -52,6 +54,7 @@ class EventConsumer:
         self._timeout = timeout_seconds
         self._max_backoff = max_backoff_seconds
         self._backoff = 0.1
+        self._failpoints = failpoints or Failpoints()
 
     async def run(self) -> None:
         """Consume until cancelled; a lost broker connection restarts the consumer after a backoff."""
@@ -136,8 +139,11 @@ class EventConsumer:
 
     async def _apply(self, topic: str, event: CloudEvent, handler: Handler) -> None:
         async with self._uow.transaction() as tx:
-            if await tx.mark_processed(event.id, topic=topic):
-                await handler(tx, event)
+            if not await tx.mark_processed(event.id, topic=topic):
+                return
+            self._failpoints.hit("consumer.before_effect")
+            await handler(tx, event)
+        self._failpoints.hit("consumer.after_commit")
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], error: BaseException) -> None:
         log.error("dead-lettering %s[%d]@%d: %r", record.topic, record.partition, record.offset, error)

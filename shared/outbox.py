@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db import advisory_lock_key, is_postgres
 from shared.envelope import utc_now
+from shared.failpoints import Failpoints
 from shared.kafka import OutboundRecord, Publisher
 from shared.tables import OUTBOX
 
@@ -35,6 +36,7 @@ class OutboxRelay:
         batch_size: int = 500,
         idle_seconds: float = 1.0,
         max_backoff_seconds: float = 5.0,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self._engine = engine
         self._sessions = sessions
@@ -45,6 +47,7 @@ class OutboxRelay:
         self._idle_seconds = idle_seconds
         self._max_backoff = max_backoff_seconds
         self._wakeup = asyncio.Event()
+        self._failpoints = failpoints or Failpoints()
 
     def wake(self) -> None:
         """Tell the relay that new rows were committed."""
@@ -89,6 +92,7 @@ class OutboxRelay:
             if not rows:
                 return 0
             await self._publisher.publish([_to_record(row) for row in rows])
+            self._failpoints.hit("relay.after_publish")
             ids = [row.id for row in rows]
             await session.execute(update(self._outbox).where(self._outbox.c.id.in_(ids)).values(sent_at=utc_now()))
         return len(rows)

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.consumer import EventConsumer, Handler
 from shared.db import Migration, make_engine, make_sessions, migrate
+from shared.failpoints import Failpoints
 from shared.kafka import KafkaPublisher, broker_reachable, ensure_topics
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
@@ -43,6 +44,7 @@ class ServiceRuntime:
         self._engine: AsyncEngine | None = None
         self._uow: UnitOfWork | None = None
         self.relay: OutboxRelay | None = None
+        self._failpoints = Failpoints(settings.failpoints)
 
     @property
     def uow(self) -> UnitOfWork:
@@ -64,6 +66,7 @@ class ServiceRuntime:
             metadata=self._metadata,
             publisher=self._publisher("relay"),
             lock_name=schema,
+            failpoints=self._failpoints,
         )
         source = f"/baton/{settings.service_name}"
         self._uow = UnitOfWork(sessions, self._metadata, source=source, on_emit=self.relay.wake)
@@ -94,6 +97,7 @@ class ServiceRuntime:
             dead_letters=self._publisher("dlq"),
             max_attempts=self.settings.consumer_max_attempts,
             timeout_seconds=self.settings.broker_timeout_seconds,
+            failpoints=self._failpoints,
         )
         await consumer.run()
 

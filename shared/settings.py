@@ -28,6 +28,7 @@ class ServiceSettings(BaseSettings):
     broker_timeout_seconds: float = 10.0
     consumer_max_attempts: int = 3
     log_level: str = "INFO"
+    failpoints: str = ""
 
     def resolved_database_url(self) -> str:
         """This service's own URL, else the shared DATABASE_URL (one schema per service), else a SQLite file."""

@@ -46,9 +46,9 @@ class KafkaBroker:
     owned: bool
 
     @classmethod
-    def start(cls, run_dir: Path) -> KafkaBroker:
-        """Use KAFKA_BOOTSTRAP_SERVERS if set, else start a fresh single-node KRaft broker on a free port."""
-        given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    def start(cls, run_dir: Path, *, use_given: bool = True) -> KafkaBroker:
+        """Use KAFKA_BOOTSTRAP_SERVERS if set (and allowed), else start a single-node KRaft broker on a free port."""
+        given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") if use_given else None
         if given:
             return cls(bootstrap_servers=given, env={}, owned=False)
         port = free_port()
@@ -65,6 +65,10 @@ class KafkaBroker:
         if self.owned:
             _run_script(KAFKA_SCRIPT, "stop", {**self.env, "KAFKA_CLEAN": "1" if clean else "0"})
 
+    def kill(self) -> None:
+        """SIGKILL the broker (it keeps its data for `restart`)."""
+        _run_script(KAFKA_SCRIPT, "kill", self.env)
+
 
 @dataclass
 class PostgresServer:
@@ -75,9 +79,9 @@ class PostgresServer:
     owned: bool
 
     @classmethod
-    def start(cls) -> PostgresServer:
-        """Use DATABASE_URL if set, else initdb and start a cluster on a free port."""
-        given = os.environ.get("DATABASE_URL")
+    def start(cls, *, use_given: bool = True) -> PostgresServer:
+        """Use DATABASE_URL if set (and allowed), else initdb and start a cluster on a free port."""
+        given = os.environ.get("DATABASE_URL") if use_given else None
         if given:
             return cls(url=given, env={}, owned=False)
         port = free_port()
@@ -98,3 +102,15 @@ class PostgresServer:
         """Stop and remove the cluster if this run started it."""
         if self.owned:
             _run_script(PG_SCRIPT, "stop", {**self.env, "PG_CLEAN": "1"})
+
+    def halt(self) -> None:
+        """Stop the server but keep its data (an outage)."""
+        _run_script(PG_SCRIPT, "stop", {**self.env, "PG_CLEAN": "0"})
+
+    def resume(self) -> None:
+        """Start the server again after `halt` or `kill`."""
+        _run_script(PG_SCRIPT, "start", self.env, timeout=120)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and its children (a crash)."""
+        _run_script(PG_SCRIPT, "kill", self.env)

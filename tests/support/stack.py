@@ -32,13 +32,13 @@ class ServiceProcess:
         """Base URL of the service."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        """Start the process (appending to its log)."""
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        """Start the process (appending to its log), with `extra_env` (e.g. failpoints) for this run only."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
             cwd=ROOT,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -63,6 +63,16 @@ class ServiceProcess:
         assert self.process is not None
         self.process.send_signal(sig)
         self.process.wait(timeout=30)
+
+    def exited(self) -> bool:
+        """True once the process has ended."""
+        return self.process is not None and self.process.poll() is not None
+
+    def replica(self, index: int) -> ServiceProcess:
+        """Another process of the same service (same database and group) on its own port."""
+        port = free_port()
+        env = {**self.env, f"BATON_{self.name.upper()}_PORT": str(port)}
+        return ServiceProcess(self.name, port, env, self.log_path.with_name(f"{self.name}-{index}.log"))
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not stop in time."""

@@ -1,0 +1,133 @@
+"""The checker: compares what clients were told (202s) with what Kafka and the routing database hold."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRecord
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.topics import LEADS_ROUTED, LEADS_SCORED
+from tests.support.kafka_reader import read_topic
+from tests.support.polling import eventually
+
+
+@dataclass
+class Verdict:
+    """One scenario run, judged. Pass = nothing lost, nothing routed twice, nothing routed before it was scored."""
+
+    scenario: str
+    run: int
+    signal: str
+    acknowledged: int
+    routed: int
+    lost: int
+    duplicates: int
+    order_violations: int
+    catch_up_seconds: float
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """The promise held."""
+        return self.lost == 0 and self.duplicates == 0 and self.order_violations == 0 and not self.notes.get("failures")
+
+
+async def wait_until_routed(engine: AsyncEngine, lead_ids: set[str], *, timeout: float) -> float:
+    """Poll the routing database until every lead has an assignment; returns the seconds it took."""
+    started = time.monotonic()
+
+    async def all_routed() -> bool:
+        return await _assigned_count(engine, lead_ids) >= len(lead_ids)
+
+    with contextlib.suppress(AssertionError):  # the checker counts what is missing
+        await eventually(all_routed, timeout=timeout, interval=0.25, message="all acknowledged leads routed")
+    return time.monotonic() - started
+
+
+async def _assigned_count(engine: AsyncEngine, lead_ids: set[str]) -> int:
+    return len(await _assignments(engine, lead_ids))
+
+
+async def judge(
+    *,
+    scenario: str,
+    run: int,
+    signal: str,
+    bootstrap_servers: str,
+    engine: AsyncEngine,
+    acknowledged: set[str],
+    catch_up_seconds: float,
+    notes: dict[str, Any],
+) -> Verdict:
+    """Read leads.routed and leads.scored and the routing database; count lost, duplicated and misordered leads."""
+    routed_records = await read_topic(
+        bootstrap_servers,
+        LEADS_ROUTED,
+        until=lambda seen: acknowledged <= {record.key.decode() for record in seen},
+        timeout=30,
+    )
+    scored_records = await read_topic(
+        bootstrap_servers,
+        LEADS_SCORED,
+        until=lambda seen: acknowledged <= {record.key.decode() for record in seen},
+        timeout=10,
+    )
+    decisions = _by_lead(routed_records, acknowledged)
+    scored_at = _first_scored_at(scored_records, acknowledged)
+    in_database = await _assignments(engine, acknowledged)
+    duplicates = sum(1 for ids in decisions.values() if len({assignment for assignment, _ in ids}) > 1)
+    misordered = sum(
+        1 for lead, ids in decisions.items() if lead not in scored_at or min(at for _, at in ids) < scored_at[lead]
+    )
+    mismatched = sum(1 for lead, ids in decisions.items() if {a for a, _ in ids} != {in_database.get(lead)})
+    if mismatched:
+        notes.setdefault("failures", []).append(f"{mismatched} leads whose Kafka decision differs from the database")
+    return Verdict(
+        scenario=scenario,
+        run=run,
+        signal=signal,
+        acknowledged=len(acknowledged),
+        routed=len(decisions),
+        lost=len(acknowledged - set(decisions)),
+        duplicates=duplicates,
+        order_violations=misordered,
+        catch_up_seconds=round(catch_up_seconds, 1),
+        notes=notes,
+    )
+
+
+def _by_lead(records: list[ConsumerRecord[Any, Any]], leads: set[str]) -> dict[str, list[tuple[str, datetime]]]:
+    decisions: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+    for record in records:
+        lead = record.key.decode()
+        if lead in leads:
+            payload = orjson.loads(record.value)
+            decisions[lead].append((payload["assignment_id"], datetime.fromisoformat(payload["routed_at"])))
+    return decisions
+
+
+def _first_scored_at(records: list[ConsumerRecord[Any, Any]], leads: set[str]) -> dict[str, datetime]:
+    first: dict[str, datetime] = {}
+    for record in records:
+        lead = record.key.decode()
+        if lead in leads:
+            at = datetime.fromisoformat(orjson.loads(record.value)["scored_at"])
+            first[lead] = min(first.get(lead, at), at)
+    return first
+
+
+async def _assignments(engine: AsyncEngine, leads: set[str]) -> dict[str, str]:
+    query = text("SELECT lead_id, assignment_id FROM routing.assignments WHERE lead_id IN :leads").bindparams(
+        bindparam("leads", expanding=True)
+    )
+    async with engine.connect() as connection:
+        rows = await connection.execute(query, {"leads": sorted(leads)})
+        return {lead: assignment for lead, assignment in rows}
