@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import httpx
 
 UNANSWERED = (httpx.TransportError,)
+MAX_IN_FLIGHT = 32
 
 
 @dataclass
@@ -56,10 +57,13 @@ class LeadStream:
         self._call_timeout = call_timeout
         self._give_up_after = give_up_after
         self.report = LoadReport()
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def run(self) -> LoadReport:
         """Post every lead; returns once each is acknowledged or given up."""
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        # A bounded number in flight: httpx's pool spends quadratic time on a long queue of waiting requests,
+        # which would turn the client, not the system under test, into the bottleneck.
+        limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
         async with httpx.AsyncClient(base_url=self._url, headers=self._headers, limits=limits) as client:
             started = time.monotonic()
             tasks = []
@@ -87,7 +91,8 @@ class LeadStream:
     async def _deliver(self, client: httpx.AsyncClient, number: int) -> None:
         deadline = time.monotonic() + self._give_up_after
         while time.monotonic() < deadline:
-            pause = await self._attempt(client, number)
+            async with self._in_flight:
+                pause = await self._attempt(client, number)
             if pause is None:
                 return
             await asyncio.sleep(pause)  # poll: a client's back-off before retrying the same lead
