@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -14,12 +14,20 @@ from shared.runtime import ServiceRuntime
 from shared.uow import UnitOfWork
 
 
-def build_app(runtime: ServiceRuntime, *, title: str, routers: Sequence[APIRouter]) -> FastAPI:
-    """A service app whose lifespan starts and stops `runtime`."""
+def build_app(
+    runtime: ServiceRuntime,
+    *,
+    title: str,
+    routers: Sequence[APIRouter],
+    on_started: Callable[[FastAPI, ServiceRuntime], None] | None = None,
+) -> FastAPI:
+    """A service app whose lifespan starts and stops `runtime`; `on_started` wires what needs a started runtime."""
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        if on_started is not None:
+            on_started(app, runtime)
         try:
             yield
         finally:

@@ -9,7 +9,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Connection, DateTime, Dialect, Integer, MetaData, String, Table, event, select, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -97,6 +110,21 @@ def create_tables(metadata: MetaData, *names: str) -> Callable[[Connection], Non
 
     def _apply(connection: Connection) -> None:
         metadata.create_all(connection, tables=[metadata.tables[name] for name in names])
+
+    return _apply
+
+
+def add_columns(metadata: MetaData, table: str, *names: str) -> Callable[[Connection], None]:
+    """A migration step adding columns (as declared in `metadata`) that the table does not have yet."""
+
+    def _apply(connection: Connection) -> None:
+        present = {column["name"] for column in inspect(connection).get_columns(table)}
+        for name in names:
+            if name in present:
+                continue  # the table was created after the column was declared
+            column = metadata.tables[table].c[name]
+            column_type = column.type.compile(dialect=connection.dialect)
+            connection.execute(text(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {column_type}'))
 
     return _apply
 

@@ -39,17 +39,56 @@ class LeadCapturedV1(EventPayload):
     email: str
     first_name: str | None = None
     last_name: str | None = None
+    phone: str | None = None
+    job_title: str | None = None
+    seniority: str | None = None
     company: str | None = None
     company_domain: str | None = None
-    job_title: str | None = None
-    phone: str | None = None
+    company_size: str | None = None
+    industry: str | None = None
     country: str | None = None
+    region: str | None = None
+    city: str | None = None
+    interests: tuple[str, ...] = ()
+    current_solution: str | None = None
     utm_source: str | None = None
     utm_medium: str | None = None
     utm_campaign: str | None = None
+    utm_term: str | None = None
+    utm_content: str | None = None
+    referrer: str | None = None
+    landing_page: str | None = None
     form_id: str | None = None
+    consent_marketing: bool | None = None
+    consent_at: datetime | None = None
+    consent_wording_version: str | None = None
     attributes: dict[str, str] = {}
     captured_at: datetime
+
+
+class LeadMergedV1(LeadCapturedV1):
+    """A known lead submitted again: the lead as it now stands, what changed, and a sign of renewed interest."""
+
+    EVENT_TYPE: ClassVar[str] = "dev.baton.lead.merged.v1"
+    TOPIC: ClassVar[str] = topics.LEADS_CAPTURED
+
+    changed_fields: tuple[str, ...] = ()
+    renewed_interest: bool = True
+    merged_at: datetime
+
+
+class ActivityRecordedV1(EventPayload):
+    """Something a known lead did: a page view, a download, a webinar, a demo request."""
+
+    EVENT_TYPE: ClassVar[str] = "dev.baton.lead.activity.v1"
+    TOPIC: ClassVar[str] = topics.LEADS_ACTIVITY
+
+    activity_id: str
+    kind: str
+    occurred_at: datetime
+    url: str | None = None
+    title: str | None = None
+    properties: dict[str, str] = {}
 
 
 class ScoreContribution(BaseModel):
@@ -112,7 +151,8 @@ class OutcomeRecordedV1(EventPayload):
 
 
 PAYLOAD_TYPES: dict[str, type[EventPayload]] = {
-    model.EVENT_TYPE: model for model in (LeadCapturedV1, LeadScoredV1, LeadRoutedV1, OutcomeRecordedV1)
+    model.EVENT_TYPE: model
+    for model in (LeadCapturedV1, LeadMergedV1, ActivityRecordedV1, LeadScoredV1, LeadRoutedV1, OutcomeRecordedV1)
 }
 
 P = TypeVar("P", bound=EventPayload)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,12 +34,14 @@ class ServiceRuntime:
         migrations: Sequence[Migration],
         consumes: Sequence[str] = (),
         handlers: Mapping[str, Handler] | None = None,
+        background: Sequence[Callable[[UnitOfWork], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.settings = settings
         self._metadata = metadata
         self._migrations = migrations
         self._consumes = tuple(consumes)
         self._handlers = dict(handlers or {})
+        self._background = tuple(background)
         self._tasks: list[asyncio.Task[None]] = []
         self._publishers: list[KafkaPublisher] = []
         self._engine: AsyncEngine | None = None
@@ -73,6 +76,8 @@ class ServiceRuntime:
         self._spawn(self.relay.run(), "outbox-relay")
         if self._consumes:
             self._spawn(self._consume(), "consumer")
+        for number, work in enumerate(self._background):
+            self._spawn(work(self._uow), f"background-{number}")
 
     def _publisher(self, role: str) -> KafkaPublisher:
         publisher = KafkaPublisher(
@@ -83,8 +88,8 @@ class ServiceRuntime:
         self._publishers.append(publisher)
         return publisher
 
-    def _spawn(self, work: asyncio.Future[None] | asyncio.Task[None] | object, name: str) -> None:
-        self._tasks.append(asyncio.create_task(work, name=f"{self.settings.service_name}-{name}"))  # type: ignore[arg-type]
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(work, name=f"{self.settings.service_name}-{name}"))
 
     async def _consume(self) -> None:
         await self._ensure_topics()
@@ -148,3 +153,18 @@ class ServiceRuntime:
         except Exception:
             return False
         return True
+
+
+@contextlib.asynccontextmanager
+async def standalone_unit_of_work(
+    settings: ServiceSettings, *, metadata: MetaData, migrations: Sequence[Migration]
+) -> AsyncIterator[UnitOfWork]:
+    """A unit of work on a service's database for command-line tools; the service's own relay publishes
+    whatever events they leave in the outbox."""
+    schema = settings.resolved_database_schema()
+    engine = make_engine(settings.resolved_database_url(), schema=schema)
+    try:
+        await migrate(engine, migrations, schema=schema)
+        yield UnitOfWork(make_sessions(engine), metadata, source=f"/baton/{settings.service_name}")
+    finally:
+        await engine.dispose()

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.events import LeadCapturedV1, LeadRoutedV1, LeadScoredV1, OutcomeRecordedV1
+from shared.events import (
+    ActivityRecordedV1,
+    LeadCapturedV1,
+    LeadMergedV1,
+    LeadRoutedV1,
+    LeadScoredV1,
+    OutcomeRecordedV1,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,33 @@ def captured_step(captured: LeadCapturedV1) -> JourneyStep:
         "lead_intake",
         f"captured {captured.email}" + (f" ({origin})" if origin else ""),
         {"company": captured.company, "country": captured.country},
+    )
+
+
+def merged_step(merged: LeadMergedV1) -> JourneyStep:
+    """The lead submitted again: what changed, and the renewed interest it shows."""
+    changed = ", ".join(merged.changed_fields) or "nothing new"
+    origin = f" via form {merged.form_id}" if merged.form_id else ""
+    return JourneyStep(
+        merged.lead_id,
+        "merged",
+        merged.merged_at,
+        "lead_intake",
+        f"submitted again{origin}; changed: {changed}",
+        {"changed_fields": list(merged.changed_fields), "renewed_interest": merged.renewed_interest},
+    )
+
+
+def activity_step(activity: ActivityRecordedV1) -> JourneyStep:
+    """Something the lead did."""
+    what = activity.title or activity.url or ""
+    return JourneyStep(
+        activity.lead_id,
+        f"activity:{activity.kind}",
+        activity.occurred_at,
+        "lead",
+        f"{activity.kind}" + (f": {what}" if what else ""),
+        {"activity_id": activity.activity_id, "url": activity.url, **activity.properties},
     )
 
 

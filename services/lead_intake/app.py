@@ -2,14 +2,31 @@
 
 from fastapi import FastAPI
 
-from services.lead_intake import api, store
+from services.lead_intake import admin_api, api, idempotency, import_api, store
+from services.lead_intake.access import KeyStore
+from services.lead_intake.cors import install_cors
+from services.lead_intake.forms import FormRegistry
 from services.lead_intake.settings import Settings
 from shared.app import build_app
+from shared.ratelimit import RateLimiter
 from shared.runtime import ServiceRuntime
+
+
+def _wire(app: FastAPI, runtime: ServiceRuntime) -> None:
+    app.state.key_resolver = KeyStore(runtime.uow).resolve
+    app.state.forms = FormRegistry(runtime.uow)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the lead_intake app; connections open in its lifespan."""
     settings = settings or Settings()
-    runtime = ServiceRuntime(settings, metadata=store.metadata, migrations=store.MIGRATIONS)
-    return build_app(runtime, title="Baton lead intake", routers=[api.router])
+    runtime = ServiceRuntime(
+        settings, metadata=store.metadata, migrations=store.MIGRATIONS, background=[idempotency.purge_expired]
+    )
+    app = build_app(
+        runtime, title="Baton lead intake", routers=[api.router, admin_api.router, import_api.router], on_started=_wire
+    )
+    app.state.rate_limiter = RateLimiter()
+    app.state.honeypot_drops = 0
+    install_cors(app)
+    return app

@@ -12,3 +12,7 @@ class Settings(ServiceSettings):
 
     service_name: str = "lead_intake"
     port: int = 8001
+    # Per replica: each process keeps its own buckets.
+    rate_limit_per_ip_per_minute: int = 60
+    rate_limit_per_form_key_per_minute: int = 1200
+    rate_limit_per_server_key_per_minute: int = 12000

@@ -1,50 +1,218 @@
-"""lead_intake's tables, migrations and queries."""
+"""lead_intake's tables and migrations, and the queries on leads, their history and held activities."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, MetaData, String, Table, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_intake.domain import Lead
-from shared.db import Migration, UtcDateTime, create_tables
+from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 metadata = MetaData()
 add_messaging_tables(metadata)
+
+Text200, Url = String(200), String(2000)
 
 leads = Table(
     "leads",
     metadata,
     Column("lead_id", String(36), primary_key=True),
     Column("email", String(320), nullable=False, unique=True),
-    Column("first_name", String(200)),
-    Column("last_name", String(200)),
-    Column("company", String(200)),
+    Column("first_name", Text200),
+    Column("last_name", Text200),
+    Column("company", Text200),
     Column("company_domain", String(253)),
-    Column("job_title", String(200)),
+    Column("job_title", Text200),
     Column("phone", String(50)),
     Column("country", String(2)),
-    Column("utm_source", String(200)),
-    Column("utm_medium", String(200)),
-    Column("utm_campaign", String(200)),
-    Column("form_id", String(200)),
+    Column("utm_source", Text200),
+    Column("utm_medium", Text200),
+    Column("utm_campaign", Text200),
+    Column("form_id", Text200),
     Column("attributes", JSON, nullable=False),
     Column("captured_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # version 2: segmentation, source and consent
+    Column("seniority", String(20)),
+    Column("company_size", String(20)),
+    Column("industry", Text200),
+    Column("region", Text200),
+    Column("city", Text200),
+    Column("interests", JSON),
+    Column("current_solution", Text200),
+    Column("utm_term", Text200),
+    Column("utm_content", Text200),
+    Column("referrer", Url),
+    Column("landing_page", Url),
+    Column("consent_marketing", Boolean),
+    Column("consent_at", UtcDateTime()),
+    Column("consent_wording_version", String(50)),
+)
+LEAD_COLUMNS_V2 = (
+    "seniority", "company_size", "industry", "region", "city", "interests", "current_solution", "utm_term",
+    "utm_content", "referrer", "landing_page", "consent_marketing", "consent_at", "consent_wording_version",
+)  # fmt: skip
+
+lead_history = Table(
+    "lead_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("lead_id", String(36), nullable=False, index=True),
+    Column("changed_at", UtcDateTime(), nullable=False),
+    Column("source", Text200, nullable=False),
+    Column("changes", JSON, nullable=False),
 )
 
-MIGRATIONS = (Migration(1, "leads, outbox and inbox", create_tables(metadata, "leads", OUTBOX, INBOX)),)
+forms = Table(
+    "forms",
+    metadata,
+    Column("form_id", String(100), primary_key=True),
+    Column("name", Text200, nullable=False),
+    Column("allowed_origins", JSON, nullable=False),
+    Column("redirect_urls", JSON, nullable=False),
+    Column("requires_consent", Boolean, nullable=False),
+    Column("honeypot_field", String(100), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("name", Text200, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("allowed_origins", JSON, nullable=False),
+    Column("allowed_forms", JSON, nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime()),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("principal", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("response_status", Integer),
+    Column("response_body", LargeBinary),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False, index=True),
+)
+
+held_activities = Table(
+    "held_activities",
+    metadata,
+    Column("activity_id", String(36), primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("kind", String(100), nullable=False),
+    Column("occurred_at", UtcDateTime(), nullable=False),
+    Column("url", Url),
+    Column("title", Text200),
+    Column("properties", JSON, nullable=False),
+)
+Index("ix_held_activities_email", held_activities.c.email)
+
+MIGRATIONS = (
+    Migration(1, "leads, outbox and inbox", create_tables(metadata, "leads", OUTBOX, INBOX)),
+    Migration(2, "lead segmentation, source and consent", add_columns(metadata, "leads", *LEAD_COLUMNS_V2)),
+    Migration(
+        3,
+        "lead history, forms, API keys, idempotency keys, held activities",
+        create_tables(metadata, "lead_history", "forms", "api_keys", "idempotency_keys", "held_activities"),
+    ),
+)
+
+_LEAD_FIELDS = tuple(item.name for item in fields(Lead))
 
 
-async def find_lead_id_by_email(session: AsyncSession, *, email: str) -> str | None:
-    """The id of the lead with this (normalised) email, if any."""
-    return await session.scalar(select(leads.c.lead_id).where(leads.c.email == email))
+def _lead_of(row: Any) -> Lead:
+    values = {name: row[name] for name in _LEAD_FIELDS}
+    values["interests"] = tuple(values["interests"] or ())
+    values["attributes"] = dict(values["attributes"] or {})
+    return Lead(**values)
+
+
+def _row_of(lead: Lead) -> dict[str, Any]:
+    values = asdict(lead)
+    values["interests"] = list(lead.interests)
+    return values
+
+
+async def find_lead_by_email(session: AsyncSession, *, email: str) -> Lead | None:
+    """The lead with this (normalised) email, if any."""
+    row = (await session.execute(select(leads).where(leads.c.email == email))).mappings().first()
+    return _lead_of(row) if row else None
+
+
+async def find_leads_by_email(session: AsyncSession, *, emails: list[str]) -> dict[str, Lead]:
+    """The known leads among `emails`, by email."""
+    rows = (await session.execute(select(leads).where(leads.c.email.in_(emails)))).mappings()
+    return {row["email"]: _lead_of(row) for row in rows}
+
+
+async def lead_exists(session: AsyncSession, *, lead_id: str) -> str | None:
+    """The email of the lead with this id, if it exists."""
+    return await session.scalar(select(leads.c.email).where(leads.c.lead_id == lead_id))
+
+
+async def load_lead(session: AsyncSession, *, lead_id: str) -> Lead | None:
+    """The lead with this id, if any."""
+    row = (await session.execute(select(leads).where(leads.c.lead_id == lead_id))).mappings().first()
+    return _lead_of(row) if row else None
 
 
 async def insert_lead(session: AsyncSession, *, lead: Lead) -> None:
     """Store a new lead."""
-    values: dict[str, Any] = {**asdict(lead), "updated_at": lead.captured_at}
-    await session.execute(leads.insert().values(**values))
+    await session.execute(leads.insert().values(**_row_of(lead), updated_at=lead.captured_at))
+
+
+async def update_lead(
+    session: AsyncSession, *, lead: Lead, changes: dict[str, list[Any]], source: str, at: datetime
+) -> None:
+    """Store a merged lead and what changed, keeping the history."""
+    values = {name: value for name, value in _row_of(lead).items() if name in changes}
+    await session.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(**values, updated_at=at))
+    await session.execute(
+        lead_history.insert().values(lead_id=lead.lead_id, changed_at=at, source=source, changes=changes)
+    )
+
+
+async def load_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:
+    """Every change of a lead, oldest first."""
+    query = select(lead_history).where(lead_history.c.lead_id == lead_id).order_by(lead_history.c.id)
+    return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
+async def hold_activity(session: AsyncSession, **values: Any) -> None:
+    """Keep an activity of an unknown email until a lead with that email arrives."""
+    await session.execute(held_activities.insert().values(**values))
+
+
+async def take_held_activities(session: AsyncSession, *, email: str) -> list[dict[str, Any]]:
+    """Remove and return the activities held for an email, oldest first."""
+    query = select(held_activities).where(held_activities.c.email == email).order_by(held_activities.c.occurred_at)
+    rows = [dict(row) for row in (await session.execute(query)).mappings()]
+    if rows:
+        await session.execute(delete(held_activities).where(held_activities.c.email == email))
+    return rows

@@ -3,7 +3,7 @@
 from services.scoring.service import score_captured_lead
 from shared.consumer import Handler
 from shared.envelope import CloudEvent
-from shared.events import LeadCapturedV1, parse_payload
+from shared.events import LeadCapturedV1, LeadMergedV1, parse_payload
 from shared.topics import LEADS_CAPTURED
 from shared.uow import Transaction
 
@@ -15,4 +15,9 @@ async def on_lead_captured(tx: Transaction, event: CloudEvent) -> None:
     await score_captured_lead(tx, parse_payload(event, LeadCapturedV1))
 
 
-HANDLERS: dict[str, Handler] = {LeadCapturedV1.EVENT_TYPE: on_lead_captured}
+async def on_lead_merged(tx: Transaction, event: CloudEvent) -> None:
+    """A resubmission: score the lead as it now stands."""
+    await score_captured_lead(tx, parse_payload(event, LeadMergedV1))
+
+
+HANDLERS: dict[str, Handler] = {LeadCapturedV1.EVENT_TYPE: on_lead_captured, LeadMergedV1.EVENT_TYPE: on_lead_merged}

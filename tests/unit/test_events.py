@@ -80,9 +80,10 @@ def test_explicit_event_id_is_kept() -> None:
     assert PAYLOADS[0].to_event(source="/baton/test", event_id="fixed").id == "fixed"
 
 
-def test_each_type_publishes_on_its_own_topic() -> None:
+def test_every_topic_has_an_event_type() -> None:
     assert {model.TOPIC for model in PAYLOAD_TYPES.values()} == {
         topics.LEADS_CAPTURED,
+        topics.LEADS_ACTIVITY,
         topics.LEADS_SCORED,
         topics.LEADS_ROUTED,
         topics.LEADS_OUTCOMES,
