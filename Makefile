@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults lint unit integration e2e install kafka-install clean
+.PHONY: run test test-faults bench lint unit integration e2e install kafka-install browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,17 +16,29 @@ install: $(STAMP)
 kafka-install:
 	bash deploy/kafka/kafka.sh install
 
+## browser-deps: Debian's Chromium for tests/browser (Playwright never downloads a browser of its own)
+browser-deps:
+	@test -x /usr/bin/chromium || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends chromium \
+		|| { apt-get update && apt-get install -y --no-install-recommends chromium; }; }
+
 ## run: Kafka + the four services on this machine (SQLite under var/), Ctrl-C stops everything
 run: install kafka-install
 	$(PY) deploy/run_local.py
 
-## test: lint, then unit, integration and end-to-end tests against a real Kafka broker and PostgreSQL
-test: install kafka-install lint
+## test: lint, then unit, integration, end-to-end and browser tests against a real Kafka broker and PostgreSQL
+test: install kafka-install browser-deps lint
 	$(PY) -m pytest -q
 
 ## test-faults: every fault scenario 3x SIGKILL + 1x SIGTERM, 2,000 leads each; table + var/reports/faults-*.json
 test-faults: install kafka-install
 	BATON_FAULTS=full $(PY) -m pytest -q -p no:cacheprovider tests/faults
+
+## bench: measurements, not tests (throughput of POST /v1/leads on one worker with PostgreSQL)
+bench: install kafka-install
+	command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk
+	$(PY) bench/intake_throughput.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -8,6 +8,7 @@ from typing import Any
 
 from services.lead_intake import store
 from services.lead_intake.access import create_key, list_keys, revoke_key
+from services.lead_intake.importer import CsvRefused, import_csv_file
 from services.lead_intake.settings import Settings
 from shared.runtime import standalone_unit_of_work
 
@@ -79,6 +80,7 @@ def _revoke_key(args: argparse.Namespace) -> None:
 
 
 def _import_leads(args: argparse.Namespace) -> None:
-    from services.lead_intake.importer import import_csv_file
-
-    asyncio.run(import_csv_file(Settings(), args.path, errors_path=args.errors, batch_size=args.batch_size))
+    try:
+        asyncio.run(import_csv_file(Settings(), args.path, errors_path=args.errors, batch_size=args.batch_size))
+    except (CsvRefused, OSError) as exc:
+        raise SystemExit(f"{args.path}: {exc}") from None

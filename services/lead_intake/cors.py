@@ -49,8 +49,8 @@ def install_cors(app: FastAPI) -> None:
                 },
             )
         response = await call_next(request)
+        response.headers.append("Vary", "Origin")  # the answer depends on the origin: caches must know
         if origin in allowed:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-            response.headers.append("Vary", "Origin")
         return response

@@ -78,6 +78,8 @@ def merge_lead(existing: Lead, submitted: Lead) -> tuple[Lead, dict[str, list[An
         old, new = getattr(existing, name), getattr(submitted, name)
         if name in _KEPT_ON_MERGE or new is None or new == () or new == {}:
             continue
+        if name == "consent_at" and submitted.consent_marketing == existing.consent_marketing:
+            continue  # consent given again is the same consent: keep when it was first given
         if name == "interests":
             new = tuple(dict.fromkeys((*old, *new)))
         elif name == "attributes":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Request
@@ -14,6 +16,7 @@ from shared.auth import Principal, require
 from shared.problems import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["leads"])
+log = logging.getLogger(__name__)
 
 CSV_CONTENT_TYPE: Final = "text/csv"
 REPORTED_ERRORS: Final = 100
@@ -60,6 +63,7 @@ async def import_leads(
         summary = await import_rows(uow, read_csv(request.stream()), batch_size=BATCH_SIZE, on_error=keep)
     except CsvRefused as exc:
         raise ProblemError(422, str(exc), errors=[{"field": exc.field, "message": str(exc)}]) from exc
+    log.info("lead import done", extra={"import": asdict(summary)})
     return ImportReport(
         rows=summary.rows,
         captured=summary.captured,

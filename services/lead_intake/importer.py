@@ -404,19 +404,19 @@ class _ProgressLine:
         self._reader = reader
         self._stream = stream
         self._shown_at = 0.0
-        self._shown = False
+        self._shown_rows: int | None = None
 
     def __call__(self, summary: ImportSummary, *, final: bool = False) -> None:
         now = time.monotonic()
-        if now - self._shown_at < PROGRESS_SECONDS and not final:
+        if (now - self._shown_at < PROGRESS_SECONDS and not final) or summary.rows == self._shown_rows:
             return
-        self._shown_at, self._shown = now, True
+        self._shown_at, self._shown_rows = now, summary.rows
         share = 100.0 * self._reader.read / self._reader.size if self._reader.size else 100.0
         rate = summary.rows / summary.seconds if summary.seconds else 0.0
         self._stream.write(f"\r{share:5.1f}%  {summary.rows} rows  {rate:.0f} rows/s  ")
         self._stream.flush()
 
     def done(self) -> None:
-        if self._shown:
+        if self._shown_rows is not None:
             self._stream.write("\n")
             self._stream.flush()

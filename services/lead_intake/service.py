@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from services.lead_intake import store
 from services.lead_intake.domain import Lead, company_domain_of, merge_lead
 from shared.envelope import utc_now
-from shared.events import ActivityRecordedV1, LeadCapturedV1, LeadMergedV1
+from shared.events import ActivityRecordedV1, EventPayload, LeadCapturedV1, LeadMergedV1
 from shared.uow import Transaction, UnitOfWork
 
 CaptureStatus = Literal["captured", "merged", "unchanged"]
@@ -49,17 +49,15 @@ async def capture_lead(
 ) -> tuple[str, CaptureStatus]:
     """Store a submitted lead, or merge it into the lead with the same email, and emit the event.
 
-    A resubmission from a form is renewed interest even if nothing changed; a re-imported row that changes
-    nothing emits nothing.
+    A resubmission from a form is renewed interest even if nothing changed.
     """
     for attempt in range(2):
         try:
             async with uow.transaction() as tx:
-                existing = await store.find_lead_by_email(tx.session, email=lead.email)
-                stored, status = await _apply(tx, existing, lead, renewed_interest=renewed_interest)
+                [(lead_id, status)] = await _capture_batch(tx, [lead], renewed_interest=renewed_interest)
                 if before_commit is not None:
-                    await before_commit(tx, stored.lead_id, status)
-            return stored.lead_id, status
+                    await before_commit(tx, lead_id, status)
+            return lead_id, status
         except IntegrityError:
             if attempt:
                 raise  # a concurrent request stored the same email first; the retry finds it
@@ -67,43 +65,73 @@ async def capture_lead(
 
 
 async def capture_leads(uow: UnitOfWork, leads: Sequence[Lead]) -> list[tuple[str, CaptureStatus]]:
-    """Capture a batch (an import) in one transaction: dedupe within the batch and against stored leads."""
+    """Capture a batch (an import) in one transaction; a re-imported row that changes nothing emits nothing."""
     async with uow.transaction() as tx:
-        known = await store.find_leads_by_email(tx.session, emails=sorted({lead.email for lead in leads}))
-        results = []
-        for lead in leads:
-            stored, status = await _apply(tx, known.get(lead.email), lead, renewed_interest=False)
-            known[lead.email] = stored
-            results.append((stored.lead_id, status))
+        return await _capture_batch(tx, leads, renewed_interest=False)
+
+
+async def _capture_batch(
+    tx: Transaction, submitted: Sequence[Lead], *, renewed_interest: bool
+) -> list[tuple[str, CaptureStatus]]:
+    """Dedupe a batch within itself and against stored leads, then write it with a few statements.
+
+    New leads are inserted together at the end, so a duplicate within the batch merges in memory; events keep
+    the order of the rows.
+    """
+    emails = sorted({lead.email for lead in submitted})
+    stored = await store.find_leads_by_email(tx.session, emails=emails)
+    held = await store.take_held_activities(tx.session, emails=[email for email in emails if email not in stored])
+    batch = _Batch(stored=stored, held=held, at=utc_now())
+    results = [batch.add(lead, renewed_interest=renewed_interest) for lead in submitted]
+    await store.insert_leads(tx.session, new_leads=list(batch.new.values()))
+    for lead, changed in batch.updated.values():
+        await store.update_lead(tx.session, lead=lead, changed=sorted(changed), at=batch.at)
+    await store.add_history(tx.session, entries=batch.history)
+    await tx.emit_all(batch.events)
     return results
 
 
-async def _apply(
-    tx: Transaction, existing: Lead | None, lead: Lead, *, renewed_interest: bool
-) -> tuple[Lead, CaptureStatus]:
-    """Insert or merge; returns the lead as now stored."""
-    lead = replace(lead, company_domain=lead.company_domain or company_domain_of(lead.email))
-    if existing is None:
-        await store.insert_lead(tx.session, lead=lead)
-        await tx.emit(LeadCapturedV1(**asdict(lead)))
-        await _attach_held_activities(tx, lead)
-        return lead, "captured"
-    merged, changes = merge_lead(existing, lead)
-    if not changes and not renewed_interest:
-        return existing, "unchanged"
-    now = utc_now()
-    if changes:
-        await store.update_lead(tx.session, lead=merged, changes=changes, source=lead.form_id or "api", at=now)
-    await tx.emit(
-        LeadMergedV1(**asdict(merged), changed_fields=tuple(changes), renewed_interest=renewed_interest, merged_at=now)
-    )
-    return merged, "merged"
+@dataclass
+class _Batch:
+    """The effects of a batch, decided in memory before anything is written."""
 
+    stored: dict[str, Lead]
+    held: dict[str, list[dict[str, Any]]]
+    at: datetime
+    new: dict[str, Lead] = field(default_factory=dict)
+    updated: dict[str, tuple[Lead, set[str]]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[EventPayload] = field(default_factory=list)
 
-async def _attach_held_activities(tx: Transaction, lead: Lead) -> None:
-    # Anonymous-to-known: what this email did before it became a lead now belongs to the lead.
-    for held in await store.take_held_activities(tx.session, email=lead.email):
-        await tx.emit(_activity_event(lead.lead_id, held))
+    def add(self, lead: Lead, *, renewed_interest: bool) -> tuple[str, CaptureStatus]:
+        lead = replace(lead, company_domain=lead.company_domain or company_domain_of(lead.email))
+        existing = self.new.get(lead.email) or self.stored.get(lead.email)
+        if existing is None:
+            self.new[lead.email] = lead
+            self.events.append(LeadCapturedV1(**asdict(lead)))
+            self.events.extend(_activity_event(lead.lead_id, held) for held in self.held.get(lead.email, ()))
+            return lead.lead_id, "captured"
+        merged, changes = merge_lead(existing, lead)
+        if not changes and not renewed_interest:
+            return existing.lead_id, "unchanged"
+        self._keep(merged, changes, source=lead.form_id or "api")
+        self.events.append(
+            LeadMergedV1(
+                **asdict(merged), changed_fields=tuple(changes), renewed_interest=renewed_interest, merged_at=self.at
+            )
+        )
+        return existing.lead_id, "merged"
+
+    def _keep(self, merged: Lead, changes: dict[str, list[Any]], *, source: str) -> None:
+        if not changes:
+            return
+        if merged.email in self.new:
+            self.new[merged.email] = merged
+        else:
+            self.stored[merged.email] = merged
+            _, changed = self.updated.get(merged.email, (merged, set()))
+            self.updated[merged.email] = (merged, changed | set(changes))
+        self.history.append({"lead_id": merged.lead_id, "changed_at": self.at, "source": source, "changes": changes})
 
 
 def _activity_event(lead_id: str, values: dict[str, Any]) -> ActivityRecordedV1:

@@ -182,20 +182,22 @@ async def load_lead(session: AsyncSession, *, lead_id: str) -> Lead | None:
     return _lead_of(row) if row else None
 
 
-async def insert_lead(session: AsyncSession, *, lead: Lead) -> None:
-    """Store a new lead."""
-    await session.execute(leads.insert().values(**_row_of(lead), updated_at=lead.captured_at))
+async def insert_leads(session: AsyncSession, *, new_leads: list[Lead]) -> None:
+    """Store new leads with one statement."""
+    if new_leads:
+        await session.execute(leads.insert(), [{**_row_of(lead), "updated_at": lead.captured_at} for lead in new_leads])
 
 
-async def update_lead(
-    session: AsyncSession, *, lead: Lead, changes: dict[str, list[Any]], source: str, at: datetime
-) -> None:
-    """Store a merged lead and what changed, keeping the history."""
-    values = {name: value for name, value in _row_of(lead).items() if name in changes}
+async def update_lead(session: AsyncSession, *, lead: Lead, changed: list[str], at: datetime) -> None:
+    """Store the changed fields of a merged lead."""
+    values = {name: value for name, value in _row_of(lead).items() if name in changed}
     await session.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(**values, updated_at=at))
-    await session.execute(
-        lead_history.insert().values(lead_id=lead.lead_id, changed_at=at, source=source, changes=changes)
-    )
+
+
+async def add_history(session: AsyncSession, *, entries: list[dict[str, Any]]) -> None:
+    """Keep what resubmissions changed: rows of lead_id, changed_at, source, changes."""
+    if entries:
+        await session.execute(lead_history.insert(), entries)
 
 
 async def load_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:
@@ -209,10 +211,14 @@ async def hold_activity(session: AsyncSession, **values: Any) -> None:
     await session.execute(held_activities.insert().values(**values))
 
 
-async def take_held_activities(session: AsyncSession, *, email: str) -> list[dict[str, Any]]:
-    """Remove and return the activities held for an email, oldest first."""
-    query = select(held_activities).where(held_activities.c.email == email).order_by(held_activities.c.occurred_at)
-    rows = [dict(row) for row in (await session.execute(query)).mappings()]
-    if rows:
-        await session.execute(delete(held_activities).where(held_activities.c.email == email))
-    return rows
+async def take_held_activities(session: AsyncSession, *, emails: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Remove and return the activities held for these emails, oldest first, by email."""
+    if not emails:
+        return {}
+    query = select(held_activities).where(held_activities.c.email.in_(emails)).order_by(held_activities.c.occurred_at)
+    held: dict[str, list[dict[str, Any]]] = {}
+    for row in (await session.execute(query)).mappings():
+        held.setdefault(row["email"], []).append(dict(row))
+    if held:
+        await session.execute(delete(held_activities).where(held_activities.c.email.in_(list(held))))
+    return held

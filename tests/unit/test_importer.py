@@ -291,11 +291,6 @@ async def test_posting_without_a_key_is_a_401_problem(uow: UnitOfWork) -> None:
     assert response.status_code == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="domain.merge_lead treats the consent_at that to_lead stamps with 'now' as a change: re-imported "
-    "consenting rows come back 'merged' and emit leads.merged (fix belongs in domain.py)",
-)
 async def test_reimporting_a_row_with_marketing_consent_changes_nothing(uow: UnitOfWork) -> None:
     text = "email,consent_marketing,consent_wording_version\nada@acme.example,yes,v1\n"
     await _import(uow, text)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from services.lead_intake.domain import company_domain_of
+from services.lead_intake.domain import (
+    Lead,
+    company_domain_of,
+    merge_lead,
+    normalise_company_size,
+    normalise_country,
+    normalise_phone,
+    normalise_seniority,
+)
 from services.lead_intake.submission import LeadSubmission
 from shared.problems import field_errors
 
@@ -73,3 +82,72 @@ def test_blank_form_inputs_are_treated_as_not_given() -> None:
     submission = LeadSubmission.model_validate({"email": "ada@acme.example", "company": "  ", "phone": ""})
 
     assert (submission.company, submission.phone) == (None, None)
+
+
+@pytest.mark.parametrize(("raw", "iso"), [("jp", "JP"), ("JPN", "JP"), ("Japan", "JP"), (" germany ", "DE")])
+def test_country_is_normalised_to_iso_3166(raw: str, iso: str) -> None:
+    assert normalise_country(raw) == iso
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "e164"),
+    [
+        ("03-1234-5678", "JP", "+81312345678"),
+        ("+49 30 901820", None, "+4930901820"),
+        ("(415) 555-2671", "US", "+14155552671"),
+    ],
+)
+def test_phone_is_normalised_to_e164_in_the_lead_country(raw: str, country: str | None, e164: str) -> None:
+    assert normalise_phone(raw, country) == e164
+
+
+@pytest.mark.parametrize("raw", ["12", "not a phone", "03-1234-5678"])
+def test_unusable_phone_is_refused(raw: str) -> None:
+    with pytest.raises(ValueError):
+        normalise_phone(raw, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"),
+    [("VP", "vp"), ("Vice President", "vp"), ("C-Level", "c_level"), ("founder", "owner"), ("Director", "director")],
+)
+def test_seniority_is_one_of_the_levels(raw: str, level: str) -> None:
+    assert normalise_seniority(raw) == level
+
+
+@pytest.mark.parametrize(("raw", "band"), [("11-50", "11-50"), ("7", "1-10"), ("250", "201-1000"), ("99999", "5001+")])
+def test_company_size_is_a_band(raw: str, band: str) -> None:
+    assert normalise_company_size(raw) == band
+
+
+def test_merge_lets_new_non_empty_values_win_and_keeps_identity() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    stored = Lead(
+        lead_id="l1",
+        email="a@b.example",
+        captured_at=at,
+        company="Old",
+        city="Kyoto",
+        interests=("ai",),
+        attributes={"a": "1"},
+    )
+    submitted = Lead(
+        lead_id="l2",
+        email="a@b.example",
+        captured_at=at.replace(year=2027),
+        company="New",
+        interests=("crm", "ai"),
+        attributes={"b": "2"},
+    )
+
+    merged, changes = merge_lead(stored, submitted)
+
+    assert (merged.lead_id, merged.captured_at, merged.company, merged.city) == ("l1", at, "New", "Kyoto")
+    assert merged.interests == ("ai", "crm") and merged.attributes == {"a": "1", "b": "2"}
+    assert set(changes) == {"company", "interests", "attributes"}
+    assert changes["company"] == ["Old", "New"]
+
+
+def test_merge_of_nothing_new_changes_nothing() -> None:
+    lead = Lead(lead_id="l1", email="a@b.example", captured_at=datetime(2026, 1, 1, tzinfo=UTC), company="Acme")
+    assert merge_lead(lead, lead)[1] == {}
