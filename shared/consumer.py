@@ -55,10 +55,15 @@ class EventConsumer:
         self._max_backoff = max_backoff_seconds
         self._backoff = 0.1
         self._failpoints = failpoints or Failpoints()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ask the loop to end at its next step (cancellation alone can be swallowed by wait_for on 3.11)."""
+        self._stopping = True
 
     async def run(self) -> None:
-        """Consume until cancelled; a lost broker connection restarts the consumer after a backoff."""
-        while True:
+        """Consume until stopped or cancelled; a lost broker connection restarts the consumer after a backoff."""
+        while not self._stopping:
             consumer = self._new_consumer()
             try:
                 await asyncio.wait_for(consumer.start(), self._timeout)
@@ -87,7 +92,7 @@ class EventConsumer:
         )
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
+        while not self._stopping:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             for partition, records in batches.items():
                 await self._process_partition(consumer, partition, records)

@@ -47,7 +47,13 @@ class OutboxRelay:
         self._idle_seconds = idle_seconds
         self._max_backoff = max_backoff_seconds
         self._wakeup = asyncio.Event()
+        self._stopping = False
         self._failpoints = failpoints or Failpoints()
+
+    def stop(self) -> None:
+        """Ask the loop to end at its next step."""
+        self._stopping = True
+        self._wakeup.set()
 
     def wake(self) -> None:
         """Tell the relay that new rows were committed."""
@@ -56,7 +62,7 @@ class OutboxRelay:
     async def run(self) -> None:
         """Relay forever; broker or database outages are retried with capped exponential backoff."""
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 published = await self.publish_pending()
             except asyncio.CancelledError:

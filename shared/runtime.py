@@ -22,6 +22,9 @@ from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
+# A shutdown never waits longer than this for background work: uncommitted work is redelivered anyway.
+STOP_SECONDS = 10.0
+
 
 class ServiceRuntime:
     """Everything a service runs besides its HTTP routes; nothing is connected before `start`."""
@@ -47,6 +50,7 @@ class ServiceRuntime:
         self._engine: AsyncEngine | None = None
         self._uow: UnitOfWork | None = None
         self.relay: OutboxRelay | None = None
+        self._consumer: EventConsumer | None = None
         self._failpoints = Failpoints(settings.failpoints)
 
     @property
@@ -104,6 +108,7 @@ class ServiceRuntime:
             timeout_seconds=self.settings.broker_timeout_seconds,
             failpoints=self._failpoints,
         )
+        self._consumer = consumer
         await consumer.run()
 
     async def _ensure_topics(self) -> None:
@@ -125,12 +130,16 @@ class ServiceRuntime:
                 delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
-        """Cancel background work, close producers and dispose of the engine."""
+        """Stop background work (never waiting past STOP_SECONDS), close producers and dispose of the engine."""
+        for worker in (self.relay, self._consumer):
+            if worker is not None:
+                worker.stop()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_SECONDS)
+            for task in stuck:
+                log.error("%s did not stop within %ss; abandoning it", task.get_name(), STOP_SECONDS)
         self._tasks.clear()
         for publisher in self._publishers:
             await publisher.close()
