@@ -99,6 +99,9 @@ class ScoreContribution(BaseModel):
     rule: str
     points: int
     reason: str
+    kind: Literal["fit", "engagement", "learned"] = "fit"
+    # Engagement fades: what the points are worth now, after the model's half-life decay.
+    decayed_points: float | None = None
 
 
 class LeadScoredV1(EventPayload):
@@ -113,6 +116,13 @@ class LeadScoredV1(EventPayload):
     contributions: tuple[ScoreContribution, ...]
     company_domain: str | None = None
     scored_at: datetime
+    grade: str | None = None
+    fit_score: int | None = None
+    engagement_score: int | None = None
+    rules_score: int | None = None
+    learned_probability: float | None = None
+    learned_outcomes: int | None = None
+    went_cold: bool = False
 
 
 class LeadRoutedV1(EventPayload):

@@ -89,6 +89,8 @@ def scored_step(scored: LeadScoredV1) -> JourneyStep:
             "score": scored.score,
             "verdict": scored.verdict,
             "model_version": scored.model_version,
+            "grade": scored.grade,
+            "went_cold": scored.went_cold,
             "contributions": [c.model_dump() for c in scored.contributions],
         },
     )

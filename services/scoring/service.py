@@ -1,45 +1,237 @@
-"""Use cases of scoring: score a lead, store the score and emit `leads.scored` in one transaction."""
+"""Use cases of scoring: each reads what it needs, decides with the pure rules and model, and stores its score
+and its `leads.scored` event in one transaction."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import asyncio
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
 
 from services.scoring import store
-from services.scoring.domain import LeadFacts, score_lead
+from services.scoring.learning import blend, explain, features, label_of, learn, probability
+from services.scoring.rules import RESUBMISSION, STARTER_MODEL, ScoringModelDefinition, Touch, score_with_rules
 from shared.envelope import utc_now
-from shared.events import LeadCapturedV1, LeadScoredV1, ScoreContribution
-from shared.uow import Transaction
+from shared.events import ActivityRecordedV1, LeadCapturedV1, LeadMergedV1, LeadScoredV1, OutcomeRecordedV1
+from shared.events import ScoreContribution as Contribution
+from shared.uow import Transaction, UnitOfWork
+
+STARTER_VERSION = "starter"
+log = logging.getLogger(__name__)
 
 
-async def score_captured_lead(tx: Transaction, captured: LeadCapturedV1) -> None:
-    """Score a newly captured lead."""
-    facts = LeadFacts(
-        company_domain=captured.company_domain,
-        company=captured.company,
-        job_title=captured.job_title,
-        phone=captured.phone,
-        country=captured.country,
-    )
-    score = score_lead(facts)
-    contributions = [asdict(contribution) for contribution in score.contributions]
-    scored_at = utc_now()
-    await store.save_score(
-        tx.session,
-        lead_id=captured.lead_id,
-        score=score.value,
-        verdict=score.verdict,
-        model_version=score.model_version,
-        contributions=contributions,
-        scored_at=scored_at,
-    )
-    await tx.emit(
-        LeadScoredV1(
-            lead_id=captured.lead_id,
-            score=score.value,
-            verdict=score.verdict,
-            model_version=score.model_version,
-            contributions=tuple(ScoreContribution(**c) for c in contributions),
-            company_domain=captured.company_domain,
-            scored_at=scored_at,
+async def _model_in_force(tx: Transaction) -> tuple[str, ScoringModelDefinition]:
+    active = await store.active_model(tx.session)
+    if active is None:
+        return STARTER_VERSION, STARTER_MODEL
+    return f"v{active['version']}", ScoringModelDefinition.model_validate(active["definition"])
+
+
+async def on_lead_captured(tx: Transaction, captured: LeadCapturedV1) -> None:
+    """Keep the lead's facts, apply outcomes that arrived before it, and score it."""
+    facts = captured.model_dump(mode="json", exclude={"merged_at", "changed_fields", "renewed_interest"})
+    await store.save_facts(tx.session, lead_id=captured.lead_id, facts=facts, captured_at=captured.captured_at)
+    if isinstance(captured, LeadMergedV1) and captured.renewed_interest:
+        await store.add_touch(tx.session, lead_id=captured.lead_id, kind=RESUBMISSION, at=captured.merged_at)
+    await rescore(tx, captured.lead_id)
+    # Scored first, so the prediction logged for a held outcome is what the rules said of this lead.
+    for kind, occurred_at in await store.take_pending_outcomes(tx.session, lead_id=captured.lead_id):
+        await _learn_from(tx, captured.lead_id, kind, occurred_at)
+
+
+async def on_activity(tx: Transaction, activity: ActivityRecordedV1) -> None:
+    """Remember what the lead did and score it again (renewed engagement)."""
+    await store.add_touch(tx.session, lead_id=activity.lead_id, kind=activity.kind, at=activity.occurred_at)
+    await rescore(tx, activity.lead_id)
+
+
+async def on_outcome(tx: Transaction, outcome: OutcomeRecordedV1) -> None:
+    """Learn from a verdict of sales; an outcome for a lead not seen yet is kept until it arrives."""
+    if label_of(outcome.kind) is None:
+        return
+    if await store.load_facts(tx.session, lead_id=outcome.lead_id) is None:
+        await store.hold_outcome(
+            tx.session, lead_id=outcome.lead_id, kind=outcome.kind, occurred_at=outcome.occurred_at
         )
-    )
+        return
+    await _learn_from(tx, outcome.lead_id, outcome.kind, outcome.occurred_at)
+
+
+async def _learn_from(tx: Transaction, lead_id: str, kind: str, occurred_at: datetime) -> None:
+    label = label_of(kind)
+    stored = await store.load_facts(tx.session, lead_id=lead_id)
+    if label is None or stored is None:
+        return
+    # Only what was known before the outcome: the facts at capture and the behaviour before it.
+    x = features(stored["facts"], await store.load_touches(tx.session, lead_id=lead_id), before=occurred_at)
+    await store.lock_learned_state(tx.session)
+    model = await store.load_weights(tx.session, tokens=list(x))
+    current = await store.load_score(tx.session, lead_id=lead_id)
+    await store.add_prediction(
+        tx.session, lead_id=lead_id, label=label, probability=probability(model, x),
+        rules_score=(current or {}).get("rules_score") or 0, score=(current or {}).get("score") or 0,
+        outcomes_before=model.outcomes, at=utc_now(),
+    )  # fmt: skip
+    changed = learn(model, x, label)
+    await store.save_weights(tx.session, model=model, tokens=changed, at=utc_now())
+    if kind in ("won", "lost", "disqualified"):
+        await store.close_lead(tx.session, lead_id=lead_id)
+
+
+async def rescore(
+    tx: Transaction, lead_id: str, *, now: datetime | None = None, only_if_changed: bool = False
+) -> LeadScoredV1 | None:
+    """Score a known lead with the model in force and announce it; None if scoring has not seen the lead
+    (or, with `only_if_changed`, if score, grade and verdict stayed the same)."""
+    stored = await store.load_facts(tx.session, lead_id=lead_id)
+    if stored is None:
+        return None
+    now = now or utc_now()
+    version, model = await _model_in_force(tx)
+    facts: dict[str, Any] = stored["facts"]
+    touches = await store.load_touches(tx.session, lead_id=lead_id)
+    scored = await _score(tx, lead_id, facts, touches, version=version, model=model, now=now)
+    previous = await store.load_score(tx.session, lead_id=lead_id)
+    if (
+        only_if_changed
+        and previous is not None
+        and (previous["score"], previous["grade"], previous["verdict"]) == (scored.score, scored.grade, scored.verdict)
+    ):
+        return None
+    went_cold = previous is not None and previous["verdict"] == "qualified" and scored.verdict == "nurture"
+    if went_cold:
+        scored = scored.model_copy(update={"went_cold": True})
+    await store.save_score(
+        tx.session, lead_id=lead_id, score=scored.score, verdict=scored.verdict, model_version=scored.model_version,
+        contributions=[c.model_dump() for c in scored.contributions], scored_at=now, grade=scored.grade,
+        fit_score=scored.fit_score, engagement_score=scored.engagement_score, rules_score=scored.rules_score,
+        learned_probability=scored.learned_probability,
+    )  # fmt: skip
+    await tx.emit(scored)
+    return scored
+
+
+async def _score(
+    tx: Transaction,
+    lead_id: str,
+    facts: dict[str, Any],
+    touches: list[Touch],
+    *,
+    version: str,
+    model: ScoringModelDefinition,
+    now: datetime,
+) -> LeadScoredV1:
+    rules = score_with_rules(model, facts, touches, now=now)
+    x = features(facts, touches)
+    learned = await store.load_weights(tx.session, tokens=list(x))
+    p = probability(learned, x) if learned.outcomes else None
+    value = blend(rules.value, p, weight=model.learned_weight, outcomes=learned.outcomes)
+    contributions = list(rules.contributions)
+    if p is not None:
+        pushes = ", ".join(f"{token} ({push:+.2f})" for token, push in explain(learned, x))
+        contributions.append(
+            Contribution(
+                rule="learned",
+                points=value - rules.value,
+                kind="learned",
+                reason=f"learned from {learned.outcomes} outcomes: P(win) {p:.0%}; moved most by {pushes or 'nothing'}",
+            )
+        )
+    return LeadScoredV1(
+        lead_id=lead_id, score=value, verdict="qualified" if value >= model.qualified_threshold else "nurture",
+        model_version=version, contributions=tuple(contributions), company_domain=facts.get("company_domain"),
+        scored_at=now, grade=rules.grade, fit_score=rules.fit, engagement_score=rules.engagement,
+        rules_score=rules.value, learned_probability=None if p is None else round(p, 4),
+        learned_outcomes=learned.outcomes,
+    )  # fmt: skip
+
+
+# --- models marketers own ----------------------------------------------------------------------------------------
+
+
+async def create_model(uow: UnitOfWork, *, name: str, definition: ScoringModelDefinition) -> int:
+    """Store a validated model as a draft; returns its version."""
+    async with uow.transaction() as tx:
+        return await store.add_model(tx.session, name=name, definition=definition.model_dump(mode="json"), at=utc_now())
+
+
+async def dry_run(uow: UnitOfWork, *, definition: ScoringModelDefinition, last: int) -> dict[str, Any]:
+    """What a draft would do to the last `last` leads: grade changes and leads becoming (un)qualified."""
+    now = utc_now()
+    changed_grade = became_qualified = no_longer_qualified = 0
+    async with uow.transaction() as tx:
+        recent = await store.recent_scores(tx.session, limit=last)
+        for row in recent:
+            touches = await store.load_touches(tx.session, lead_id=row["lead_id"])
+            draft = await _score(tx, row["lead_id"], row["facts"], touches, version="draft", model=definition, now=now)
+            changed_grade += draft.grade != row["grade"]
+            became_qualified += draft.verdict == "qualified" and row["verdict"] != "qualified"
+            no_longer_qualified += draft.verdict != "qualified" and row["verdict"] == "qualified"
+    return {
+        "leads": len(recent),
+        "changed_grade": changed_grade,
+        "became_qualified": became_qualified,
+        "no_longer_qualified": no_longer_qualified,
+    }
+
+
+async def activate(uow: UnitOfWork, *, version: int) -> str:
+    """Put a model in force and start re-scoring open leads; returns the re-score job id."""
+    job_id = str(uuid.uuid4())
+    async with uow.transaction() as tx:
+        if await store.load_model(tx.session, version=version) is None:
+            raise LookupError(f"no scoring model version {version}")
+        await store.activate_model(tx.session, version=version, at=utc_now())
+        total = await store.count_open_leads(tx.session)
+        await store.start_job(tx.session, job_id=job_id, version=version, total=total, at=utc_now())
+    return job_id
+
+
+async def run_rescore_job(uow: UnitOfWork, *, job_id: str, page: int = 200) -> None:
+    """Re-score every open lead with the model in force, a page per transaction, recording progress."""
+    done, after = 0, ""
+    while True:
+        async with uow.transaction() as tx:
+            lead_ids = await store.open_lead_ids(tx.session, after=after, limit=page)
+            for lead_id in lead_ids:
+                await rescore(tx, lead_id)
+            done += len(lead_ids)
+            finished = utc_now() if len(lead_ids) < page else None
+            await store.advance_job(tx.session, job_id=job_id, done=done, finished_at=finished)
+        if finished is not None:
+            return
+        after = lead_ids[-1]
+
+
+async def rescore_cooling_leads(uow: UnitOfWork) -> int:
+    """Re-score qualified leads whose engagement decays; those that cross the threshold are announced cold."""
+    async with uow.read() as session:
+        lead_ids = await store.qualified_open_lead_ids(session)
+    cold = 0
+    for lead_id in lead_ids:
+        async with uow.transaction() as tx:
+            scored = await rescore(tx, lead_id, only_if_changed=True)
+            cold += bool(scored and scored.went_cold)
+    return cold
+
+
+async def work_rescore_jobs(uow: UnitOfWork, *, every_seconds: float = 1.0) -> None:
+    """Run re-score jobs (started by activations, or left unfinished by a crash), forever."""
+    while True:
+        async with uow.read() as session:
+            job_id = await store.running_job(session)
+        if job_id is not None:
+            await run_rescore_job(uow, job_id=job_id)
+            continue
+        await asyncio.sleep(every_seconds)
+
+
+async def watch_cooling(uow: UnitOfWork, *, every_seconds: float = 60.0) -> None:
+    """Announce leads that decay makes go cold, once a period, forever."""
+    while True:
+        try:
+            await rescore_cooling_leads(uow)
+        except Exception as exc:  # an outage: try again next period
+            log.warning("could not re-score cooling leads: %r", exc)
+        await asyncio.sleep(every_seconds)

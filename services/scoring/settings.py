@@ -12,3 +12,5 @@ class Settings(ServiceSettings):
 
     service_name: str = "scoring"
     port: int = 8002
+    # How often qualified leads are re-scored so that decay can announce the ones going cold.
+    cooling_check_seconds: float = 60.0

@@ -5,14 +5,32 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, delete, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Migration, UtcDateTime, create_tables
+from services.scoring.learning import Weights
+from services.scoring.rules import Touch
+from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 metadata = MetaData()
 add_messaging_tables(metadata)
+Id = BigInteger().with_variant(Integer, "sqlite")
 
 scores = Table(
     "scores",
@@ -23,36 +41,337 @@ scores = Table(
     Column("model_version", String(50), nullable=False),
     Column("contributions", JSON, nullable=False),
     Column("scored_at", UtcDateTime(), nullable=False),
+    # version 2
+    Column("grade", String(2)),
+    Column("fit_score", Integer),
+    Column("engagement_score", Integer),
+    Column("rules_score", Integer),
+    Column("learned_probability", Float),
+)
+SCORE_COLUMNS_V2 = ("grade", "fit_score", "engagement_score", "rules_score", "learned_probability")
+
+scoring_models = Table(
+    "scoring_models",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("definition", JSON, nullable=False),
+    Column("status", String(20), nullable=False),  # draft | active | retired
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("activated_at", UtcDateTime()),
 )
 
-MIGRATIONS = (Migration(1, "scores, outbox and inbox", create_tables(metadata, "scores", OUTBOX, INBOX)),)
+lead_facts = Table(
+    "lead_facts",
+    metadata,
+    Column("lead_id", String(36), primary_key=True),
+    Column("facts", JSON, nullable=False),
+    Column("captured_at", UtcDateTime(), nullable=False),
+    Column("closed", Boolean, nullable=False),
+)
+
+touches = Table(
+    "touches",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("lead_id", String(36), nullable=False, index=True),
+    Column("kind", String(100), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+)
+
+learned_weights = Table(
+    "learned_weights",
+    metadata,
+    Column("token", String(200), primary_key=True),
+    Column("weight", Float, nullable=False),
+    Column("accumulated", Float, nullable=False),
+)
+
+learned_state = Table(
+    "learned_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("bias", Float, nullable=False),
+    Column("bias_accumulated", Float, nullable=False),
+    Column("outcomes", Integer, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# What the model predicted just before it learned from each outcome: an honest, never-trained-on holdout.
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("lead_id", String(36), nullable=False),
+    Column("label", Integer, nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("rules_score", Integer, nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("outcomes_before", Integer, nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+)
+
+pending_outcomes = Table(
+    "pending_outcomes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("lead_id", String(36), nullable=False, index=True),
+    Column("kind", String(30), nullable=False),
+    Column("occurred_at", UtcDateTime(), nullable=False),
+)
+
+rescore_jobs = Table(
+    "rescore_jobs",
+    metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("model_version", Integer, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("status", String(20), nullable=False),  # running | finished
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime()),
+)
+Index("ix_scores_verdict", scores.c.verdict)
 
 
-async def save_score(
-    session: AsyncSession,
-    *,
-    lead_id: str,
-    score: int,
-    verdict: str,
-    model_version: str,
-    contributions: list[dict[str, Any]],
-    scored_at: datetime,
-) -> None:
-    """Store the lead's current score, replacing the previous one."""
-    await session.execute(delete(scores).where(scores.c.lead_id == lead_id))
-    await session.execute(
-        scores.insert().values(
-            lead_id=lead_id,
-            score=score,
-            verdict=verdict,
-            model_version=model_version,
-            contributions=contributions,
-            scored_at=scored_at,
+def _seed_learned_state(connection: Any) -> None:
+    connection.execute(
+        learned_state.insert().values(
+            id=1, bias=0.0, bias_accumulated=0.0, outcomes=0, updated_at=datetime.fromtimestamp(0).astimezone()
         )
     )
+
+
+MIGRATIONS = (
+    Migration(1, "scores, outbox and inbox", create_tables(metadata, "scores", OUTBOX, INBOX)),
+    Migration(2, "score grades and parts", add_columns(metadata, "scores", *SCORE_COLUMNS_V2)),
+    Migration(3, "models, lead facts, touches, learned model, predictions, pending outcomes, re-score jobs",
+              create_tables(metadata, "scoring_models", "lead_facts", "touches", "learned_weights", "learned_state",
+                            "predictions", "pending_outcomes", "rescore_jobs")),
+    Migration(4, "learned model starts empty", _seed_learned_state),
+)  # fmt: skip
+
+
+# --- scores ------------------------------------------------------------------------------------------------------
+
+
+async def save_score(session: AsyncSession, **values: Any) -> None:
+    """Store the lead's current score, replacing the previous one."""
+    await session.execute(delete(scores).where(scores.c.lead_id == values["lead_id"]))
+    await session.execute(scores.insert().values(**values))
 
 
 async def load_score(session: AsyncSession, *, lead_id: str) -> dict[str, Any] | None:
     """The lead's current score, or None."""
     row = (await session.execute(select(scores).where(scores.c.lead_id == lead_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def recent_scores(session: AsyncSession, *, limit: int) -> list[dict[str, Any]]:
+    """The scores of the most recently captured leads."""
+    query = (
+        select(scores, lead_facts.c.facts).join(lead_facts, lead_facts.c.lead_id == scores.c.lead_id)
+        .order_by(lead_facts.c.captured_at.desc()).limit(limit)
+    )  # fmt: skip
+    return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
+# --- models ------------------------------------------------------------------------------------------------------
+
+
+async def add_model(session: AsyncSession, *, name: str, definition: dict[str, Any], at: datetime) -> int:
+    """Store a draft model; returns its version number."""
+    version = int(await session.scalar(select(func.coalesce(func.max(scoring_models.c.version), 0))) or 0) + 1
+    await session.execute(
+        scoring_models.insert().values(version=version, name=name, definition=definition, status="draft", created_at=at)
+    )
+    return version
+
+
+async def load_models(session: AsyncSession) -> list[dict[str, Any]]:
+    """Every model version, newest first."""
+    query = select(scoring_models).order_by(scoring_models.c.version.desc())
+    return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
+async def load_model(session: AsyncSession, *, version: int) -> dict[str, Any] | None:
+    """One model version."""
+    query = select(scoring_models).where(scoring_models.c.version == version)
+    row = (await session.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def active_model(session: AsyncSession) -> dict[str, Any] | None:
+    """The model in force, if one was activated."""
+    query = select(scoring_models).where(scoring_models.c.status == "active")
+    row = (await session.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def activate_model(session: AsyncSession, *, version: int, at: datetime) -> None:
+    """Put a version in force and retire the one before."""
+    await session.execute(update(scoring_models).where(scoring_models.c.status == "active").values(status="retired"))
+    await session.execute(
+        update(scoring_models).where(scoring_models.c.version == version).values(status="active", activated_at=at)
+    )
+
+
+# --- leads and what they did -------------------------------------------------------------------------------------
+
+
+async def save_facts(session: AsyncSession, *, lead_id: str, facts: dict[str, Any], captured_at: datetime) -> None:
+    """Store the lead as it now stands."""
+    updated = await session.execute(update(lead_facts).where(lead_facts.c.lead_id == lead_id).values(facts=facts))
+    if not getattr(updated, "rowcount", 0):
+        await session.execute(
+            lead_facts.insert().values(lead_id=lead_id, facts=facts, captured_at=captured_at, closed=False)
+        )
+
+
+async def load_facts(session: AsyncSession, *, lead_id: str) -> dict[str, Any] | None:
+    """The lead's facts and whether it is closed, or None if scoring has not seen the lead."""
+    row = (await session.execute(select(lead_facts).where(lead_facts.c.lead_id == lead_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def close_lead(session: AsyncSession, *, lead_id: str) -> None:
+    """The lead was won, lost or disqualified: no more re-scoring."""
+    await session.execute(update(lead_facts).where(lead_facts.c.lead_id == lead_id).values(closed=True))
+
+
+async def open_lead_ids(session: AsyncSession, *, after: str, limit: int) -> list[str]:
+    """Open leads in id order, for re-scoring in pages."""
+    query = (
+        select(lead_facts.c.lead_id).where(lead_facts.c.closed.is_(False), lead_facts.c.lead_id > after)
+        .order_by(lead_facts.c.lead_id).limit(limit)
+    )  # fmt: skip
+    return list((await session.execute(query)).scalars())
+
+
+async def count_open_leads(session: AsyncSession) -> int:
+    """How many leads are still open."""
+    count = await session.scalar(select(func.count()).select_from(lead_facts).where(lead_facts.c.closed.is_(False)))
+    return int(count or 0)
+
+
+async def qualified_open_lead_ids(session: AsyncSession) -> list[str]:
+    """Open leads whose current verdict is qualified (candidates for going cold)."""
+    query = (
+        select(scores.c.lead_id).join(lead_facts, lead_facts.c.lead_id == scores.c.lead_id)
+        .where(scores.c.verdict == "qualified", lead_facts.c.closed.is_(False), scores.c.engagement_score > 0)
+    )  # fmt: skip
+    return list((await session.execute(query)).scalars())
+
+
+async def add_touch(session: AsyncSession, *, lead_id: str, kind: str, at: datetime) -> None:
+    """Remember something the lead did."""
+    await session.execute(touches.insert().values(lead_id=lead_id, kind=kind, at=at))
+
+
+async def load_touches(session: AsyncSession, *, lead_id: str) -> list[Touch]:
+    """Everything the lead did, oldest first."""
+    query = select(touches.c.kind, touches.c.at).where(touches.c.lead_id == lead_id).order_by(touches.c.at)
+    return [Touch(kind=kind, at=at) for kind, at in await session.execute(query)]
+
+
+# --- the learned model -------------------------------------------------------------------------------------------
+
+
+async def load_weights(session: AsyncSession, *, tokens: list[str]) -> Weights:
+    """The learned model, restricted to `tokens` (all a prediction or an update needs)."""
+    state = (await session.execute(select(learned_state).where(learned_state.c.id == 1))).mappings().one()
+    model = Weights(bias=state["bias"], bias_accumulated=state["bias_accumulated"], outcomes=state["outcomes"])
+    if tokens:
+        rows = await session.execute(select(learned_weights).where(learned_weights.c.token.in_(tokens)))
+        for token, weight, accumulated in rows:
+            model.weights[token] = weight
+            model.accumulated[token] = accumulated
+    return model
+
+
+async def lock_learned_state(session: AsyncSession) -> None:
+    """Serialise model updates across replicas (a row lock on PostgreSQL)."""
+    await session.execute(select(learned_state.c.id).where(learned_state.c.id == 1).with_for_update())
+
+
+async def save_weights(session: AsyncSession, *, model: Weights, tokens: set[str], at: datetime) -> None:
+    """Store the updated weights of `tokens` and the model's bias and outcome count."""
+    await session.execute(
+        update(learned_state)
+        .where(learned_state.c.id == 1)
+        .values(bias=model.bias, bias_accumulated=model.bias_accumulated, outcomes=model.outcomes, updated_at=at)
+    )
+    if tokens:
+        await session.execute(delete(learned_weights).where(learned_weights.c.token.in_(sorted(tokens))))
+        await session.execute(learned_weights.insert(), [
+            {"token": token, "weight": model.weights[token], "accumulated": model.accumulated[token]}
+            for token in sorted(tokens)
+        ])  # fmt: skip
+
+
+async def learned_summary(session: AsyncSession) -> dict[str, Any]:
+    """Outcomes learned from, features known, last update."""
+    state = (await session.execute(select(learned_state).where(learned_state.c.id == 1))).mappings().one()
+    features = await session.scalar(select(func.count()).select_from(learned_weights))
+    return {"outcomes": state["outcomes"], "features": int(features or 0), "updated_at": state["updated_at"]}
+
+
+async def add_prediction(session: AsyncSession, **values: Any) -> None:
+    """Log what the model predicted before learning from an outcome."""
+    await session.execute(predictions.insert().values(**values))
+
+
+async def load_predictions(session: AsyncSession) -> list[dict[str, Any]]:
+    """Every logged prediction, oldest first."""
+    query = select(predictions).order_by(predictions.c.id)
+    return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
+async def hold_outcome(session: AsyncSession, *, lead_id: str, kind: str, occurred_at: datetime) -> None:
+    """Keep an outcome of a lead scoring has not seen yet."""
+    await session.execute(pending_outcomes.insert().values(lead_id=lead_id, kind=kind, occurred_at=occurred_at))
+
+
+async def take_pending_outcomes(session: AsyncSession, *, lead_id: str) -> list[tuple[str, datetime]]:
+    """Remove and return the outcomes held for a lead."""
+    query = (
+        select(pending_outcomes.c.kind, pending_outcomes.c.occurred_at)
+        .where(pending_outcomes.c.lead_id == lead_id)
+        .order_by(pending_outcomes.c.id)
+    )
+    held = [(kind, at) for kind, at in await session.execute(query)]
+    if held:
+        await session.execute(delete(pending_outcomes).where(pending_outcomes.c.lead_id == lead_id))
+    return held
+
+
+# --- re-score jobs -----------------------------------------------------------------------------------------------
+
+
+async def start_job(session: AsyncSession, *, job_id: str, version: int, total: int, at: datetime) -> None:
+    """Record a re-score job."""
+    await session.execute(
+        rescore_jobs.insert().values(
+            job_id=job_id, model_version=version, total=total, done=0, status="running", started_at=at
+        )
+    )
+
+
+async def advance_job(session: AsyncSession, *, job_id: str, done: int, finished_at: datetime | None) -> None:
+    """Record a re-score job's progress."""
+    values: dict[str, Any] = {"done": done}
+    if finished_at is not None:
+        values.update(status="finished", finished_at=finished_at)
+    await session.execute(update(rescore_jobs).where(rescore_jobs.c.job_id == job_id).values(**values))
+
+
+async def running_job(session: AsyncSession) -> str | None:
+    """The oldest unfinished re-score job, if any."""
+    query = select(rescore_jobs.c.job_id).where(rescore_jobs.c.status == "running").order_by(rescore_jobs.c.started_at)
+    return await session.scalar(query.limit(1))
+
+
+async def load_job(session: AsyncSession, *, job_id: str) -> dict[str, Any] | None:
+    """A re-score job."""
+    row = (await session.execute(select(rescore_jobs).where(rescore_jobs.c.job_id == job_id))).mappings().first()
     return dict(row) if row else None

@@ -135,7 +135,7 @@ async def test_routing_killed_mid_stream_loses_nothing_and_routes_nothing_twice(
 async def test_malformed_lead_gets_422_problem_and_nothing_is_stored(stack: Stack) -> None:
     email = f"bad.{uuid.uuid4().hex[:8]}@acme.example"
     async with httpx.AsyncClient(base_url=stack["lead_intake"].url, headers=stack.headers, timeout=10) as client:
-        invalid = await client.post("/v1/leads", json={"email": email, "country": "Japan", "phone": 42})
+        invalid = await client.post("/v1/leads", json={"email": email, "country": "Narnia", "phone": 42})
         broken = await client.post("/v1/leads", content=b'{"email": ', headers={"content-type": "application/json"})
 
     assert invalid.status_code == 422
