@@ -5,12 +5,11 @@ from __future__ import annotations
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+# asyncpg's classes, by name so this module needs no driver: a server shutting down, restarting or recovering
+# (OperatorInterventionError), a connection lost (PostgresConnectionError), or no connection slot free.
 _OUTAGE_NAMES = {
-    "CannotConnectNowError",
-    "ConnectionDoesNotExistError",
-    "ConnectionFailureError",
-    "AdminShutdownError",
-    "CrashShutdownError",
+    "OperatorInterventionError",
+    "PostgresConnectionError",
     "TooManyConnectionsError",
     "InterfaceError",
 }
@@ -22,8 +21,11 @@ def is_outage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or _is_outage_cause(exc.orig)
-    return _is_outage_cause(exc.__cause__)
+    # asyncpg raises some connect-time refusals (a server still recovering) unwrapped.
+    return _is_outage_cause(exc) or _is_outage_cause(exc.__cause__)
 
 
 def _is_outage_cause(cause: BaseException | None) -> bool:
-    return cause is not None and (isinstance(cause, OSError) or type(cause).__name__ in _OUTAGE_NAMES)
+    if cause is None:
+        return False
+    return isinstance(cause, OSError) or any(kind.__name__ in _OUTAGE_NAMES for kind in type(cause).__mro__)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from asyncpg.exceptions import AdminShutdownError, CannotConnectNowError, ConnectionDoesNotExistError
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from shared.envelope import InvalidEvent
 from shared.failures import is_outage
 from shared.topics import ALL_TOPICS, dead_letter_topic
-
-
-class ConnectionDoesNotExistError(Exception):
-    """Named like the asyncpg error raised when the server drops the connection."""
 
 
 def _chained(error: Exception, cause: BaseException) -> Exception:
@@ -65,3 +62,12 @@ def test_dead_letter_topics_are_distinct_from_every_topic() -> None:
     letters = {dead_letter_topic(topic) for topic in ALL_TOPICS}
     assert len(letters) == len(ALL_TOPICS)
     assert not letters & set(ALL_TOPICS)
+
+
+def test_a_database_still_recovering_is_an_outage_even_unwrapped() -> None:
+    assert is_outage(CannotConnectNowError("the database system is not yet accepting connections"))
+
+
+def test_a_server_shutting_down_or_a_lost_connection_is_an_outage() -> None:
+    assert is_outage(AdminShutdownError("terminating connection due to administrator command"))
+    assert is_outage(ConnectionDoesNotExistError("connection was closed in the middle of operation"))
