@@ -21,11 +21,18 @@ STARTER_VERSION = "starter"
 log = logging.getLogger(__name__)
 
 
+# A stored version never changes, so its parsed definition can be kept (parsing is the costly part).
+_parsed_versions: dict[int, ScoringModelDefinition] = {}
+
+
 async def _model_in_force(tx: Transaction) -> tuple[str, ScoringModelDefinition]:
     active = await store.active_model(tx.session)
     if active is None:
         return STARTER_VERSION, STARTER_MODEL
-    return f"v{active['version']}", ScoringModelDefinition.model_validate(active["definition"])
+    version = active["version"]
+    if version not in _parsed_versions:
+        _parsed_versions[version] = ScoringModelDefinition.model_validate(active["definition"])
+    return f"v{version}", _parsed_versions[version]
 
 
 async def on_lead_captured(tx: Transaction, captured: LeadCapturedV1) -> None:
@@ -34,7 +41,7 @@ async def on_lead_captured(tx: Transaction, captured: LeadCapturedV1) -> None:
     await store.save_facts(tx.session, lead_id=captured.lead_id, facts=facts, captured_at=captured.captured_at)
     if isinstance(captured, LeadMergedV1) and captured.renewed_interest:
         await store.add_touch(tx.session, lead_id=captured.lead_id, kind=RESUBMISSION, at=captured.merged_at)
-    await rescore(tx, captured.lead_id)
+    await rescore(tx, captured.lead_id, facts=facts)
     # Scored first, so the prediction logged for a held outcome is what the rules said of this lead.
     for kind, occurred_at in await store.take_pending_outcomes(tx.session, lead_id=captured.lead_id):
         await _learn_from(tx, captured.lead_id, kind, occurred_at)
@@ -80,16 +87,23 @@ async def _learn_from(tx: Transaction, lead_id: str, kind: str, occurred_at: dat
 
 
 async def rescore(
-    tx: Transaction, lead_id: str, *, now: datetime | None = None, only_if_changed: bool = False
+    tx: Transaction,
+    lead_id: str,
+    *,
+    now: datetime | None = None,
+    only_if_changed: bool = False,
+    facts: dict[str, Any] | None = None,
 ) -> LeadScoredV1 | None:
     """Score a known lead with the model in force and announce it; None if scoring has not seen the lead
-    (or, with `only_if_changed`, if score, grade and verdict stayed the same)."""
-    stored = await store.load_facts(tx.session, lead_id=lead_id)
-    if stored is None:
-        return None
+    (or, with `only_if_changed`, if score, grade and verdict stayed the same). `facts` saves a read when the
+    caller has just stored them."""
+    if facts is None:
+        stored = await store.load_facts(tx.session, lead_id=lead_id)
+        if stored is None:
+            return None
+        facts = stored["facts"]
     now = now or utc_now()
     version, model = await _model_in_force(tx)
-    facts: dict[str, Any] = stored["facts"]
     touches = await store.load_touches(tx.session, lead_id=lead_id)
     scored = await _score(tx, lead_id, facts, touches, version=version, model=model, now=now)
     previous = await store.load_score(tx.session, lead_id=lead_id)

@@ -281,7 +281,7 @@ async def load_weights(session: AsyncSession, *, tokens: list[str]) -> Weights:
     """The learned model, restricted to `tokens` (all a prediction or an update needs)."""
     state = (await session.execute(select(learned_state).where(learned_state.c.id == 1))).mappings().one()
     model = Weights(bias=state["bias"], bias_accumulated=state["bias_accumulated"], outcomes=state["outcomes"])
-    if tokens:
+    if tokens and model.outcomes:
         rows = await session.execute(select(learned_weights).where(learned_weights.c.token.in_(tokens)))
         for token, weight, accumulated in rows:
             model.weights[token] = weight
