@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Throwaway PostgreSQL cluster for dev and CI (trust auth, fsync off: never for real data).
+# Throwaway PostgreSQL cluster for dev and CI (trust auth, fsync off: never for real data; commits survive a
+# killed server, not a lost machine).
 # Usage: pg.sh start|stop|kill|status|createdb NAME
 #   env: PG_PORT (54329), PG_DATA_DIR (<repo>/var/pg-$PG_PORT, or /tmp/baton-pg-$PG_PORT if user postgres can't reach <repo>)
 #   start: prints DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:$PG_PORT/postgres as its last stdout line.
@@ -76,12 +77,13 @@ cmd_start() {
         { echo "$out" >&2; die "initdb failed"; }
       cat >>"$DATA/postgresql.conf" <<EOF
 
-# --- added by deploy/postgres/pg.sh: throwaway test cluster, durability off for speed
+# --- added by deploy/postgres/pg.sh: throwaway test cluster. fsync and full-page writes are off (they only
+# guard against an OS or power failure); synchronous_commit stays on, so a killed server keeps every commit it
+# acknowledged, which the fault tests rely on.
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$SOCKDIR'
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 max_connections = 200
 EOF
