@@ -31,7 +31,7 @@ from naive_bayes import add_outcome, train  # noqa: E402
 from naive_bayes import probability as naive_bayes_probability  # noqa: E402
 
 from services.scoring.learning import Weights, features, learn, probability  # noqa: E402
-from services.scoring.quality import roc_auc  # noqa: E402
+from services.scoring.quality import roc_auc, top_decile_lift  # noqa: E402
 from shared.envelope import CloudEvent  # noqa: E402
 from shared.events import LeadCapturedV1, parse_payload  # noqa: E402
 from shared.topics import LEADS_CAPTURED, LEADS_SCORED  # noqa: E402
@@ -282,19 +282,6 @@ def ranking(scores: Sequence[float], labels: Sequence[int]) -> dict[str, float |
     """ROC AUC (ties count half) and top-decile lift (ties at the cut shared) of one way of scoring."""
     auc, lift = roc_auc(scores, labels), top_decile_lift(scores, labels)
     return {"auc": None if auc is None else round(auc, 4), "top_decile_lift": None if lift is None else round(lift, 3)}
-
-
-def top_decile_lift(scores: Sequence[float], labels: Sequence[int]) -> float | None:
-    """Positive rate among the top 10 % by score over the overall rate. Leads tied at the cut enter in proportion,
-    so integer scores (and rules that give everyone the same points) are not judged by the file order of ties."""
-    if not labels or sum(labels) == 0:
-        return None
-    size = max(1, len(labels) // 10)
-    cut = sorted(scores, reverse=True)[size - 1]
-    above = [label for score, label in zip(scores, labels, strict=True) if score > cut]
-    tied = [label for score, label in zip(scores, labels, strict=True) if score == cut]
-    positives = sum(above) + (size - len(above)) * sum(tied) / len(tied)
-    return (positives / size) / (sum(labels) / len(labels))
 
 
 def learning_curve(
