@@ -19,8 +19,9 @@ from services.lead_intake.settings import Settings
 from services.lead_intake.store import idempotency_keys
 from shared.envelope import utc_now
 from shared.uow import UnitOfWork
+from tests.support.inprocess import ADMIN_KEY, offline_settings, running
 
-ADMIN = {"Authorization": "Bearer admin-key"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SITE = "https://www.acme.example"
 FORM = {
     "name": "Contact us",
@@ -31,25 +32,21 @@ FORM = {
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'intake.db'}",
-        kafka_bootstrap_servers="127.0.0.1:1",
-        admin_key="admin-key",
-        broker_timeout_seconds=0.5,
-        rate_limit_per_ip_per_minute=5,
-    )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        yield application
+async def running_intake(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    settings = offline_settings(Settings, tmp_path, rate_limit_per_ip_per_minute=5)
+    async with running(create_app, settings) as (app, http):
+        assert (await http.put("/v1/forms/contact", json=FORM, headers=ADMIN)).status_code == 200
+        yield app, http
 
 
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
-        assert (await http.put("/v1/forms/contact", json=FORM, headers=ADMIN)).status_code == 200
-        yield http
+def app(running_intake: tuple[FastAPI, httpx.AsyncClient]) -> FastAPI:
+    return running_intake[0]
+
+
+@pytest.fixture
+def client(running_intake: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return running_intake[1]
 
 
 def uow_of(app: FastAPI) -> UnitOfWork:

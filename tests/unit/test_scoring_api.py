@@ -16,9 +16,10 @@ from services.scoring.settings import Settings
 from shared.envelope import utc_now
 from shared.events import LeadCapturedV1
 from shared.uow import UnitOfWork
+from tests.support.inprocess import ADMIN_KEY, offline_settings, running
 from tests.support.polling import eventually
 
-ADMIN = {"Authorization": "Bearer admin-key"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MODEL = {
     "name": "Q3 model",
     "definition": {
@@ -30,22 +31,19 @@ MODEL = {
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'scoring.db'}",
-        kafka_bootstrap_servers="127.0.0.1:1",
-        admin_key="admin-key",
-        broker_timeout_seconds=0.5,
-    )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        yield application
+async def running_scoring(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with running(create_app, offline_settings(Settings, tmp_path)) as started:
+        yield started
 
 
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://scoring") as http:
-        yield http
+def app(running_scoring: tuple[FastAPI, httpx.AsyncClient]) -> FastAPI:
+    return running_scoring[0]
+
+
+@pytest.fixture
+def client(running_scoring: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return running_scoring[1]
 
 
 async def capture(app: FastAPI, lead_id: str, country: str) -> None:
