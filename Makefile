@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults bench bench-scoring lint unit integration e2e install kafka-install browser-deps clean
+.PHONY: run test test-faults bench bench-routing bench-scoring lint unit integration e2e install kafka-install browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test-faults: install kafka-install
 bench: install kafka-install
 	command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk
 	$(PY) bench/intake_throughput.py
+
+## bench-routing: assignments/s of the routing consumer, leads.scored -> leads.routed latency, fairness spread
+bench-routing: install kafka-install
+	$(PY) bench/routing_throughput.py
 
 ## bench-scoring: ROC AUC and top-decile lift of Baton's scores vs the rules alone and naive Bayes, on a lead file
 ## with outcomes: make bench-scoring DATA=leads.csv [BENCH_ARGS='--label-column Converted --positive 1 ...']

@@ -50,6 +50,19 @@ class CloudEvent:
         ]
         return self.subject.encode(), orjson.dumps(self.data), headers
 
+    def to_structured(self) -> dict[str, Any]:
+        """The event in CloudEvents' structured JSON form (`application/cloudevents+json`), for HTTP delivery."""
+        return {
+            "specversion": SPEC_VERSION,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": self.time.isoformat(),
+            "datacontenttype": JSON_CONTENT_TYPE,
+            "data": self.data,
+        }
+
     @classmethod
     def from_kafka(
         cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | tuple[Any, ...]

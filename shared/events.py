@@ -123,21 +123,42 @@ class LeadScoredV1(EventPayload):
     learned_probability: float | None = None
     learned_outcomes: int | None = None
     went_cold: bool = False
+    # The lead as scoring knew it (LeadCapturedV1's fields, merges applied), so routing rules can match any field.
+    lead: dict[str, Any] = {}
+
+
+RoutingKind = Literal["assigned", "reassigned", "unassigned", "sla_breached", "escalated", "accepted"]
 
 
 class LeadRoutedV1(EventPayload):
-    """Routing's decision for a lead: assigned to a rep, or waiting because nobody is eligible."""
+    """Routing's decision for a lead, and what became of it.
+
+    `assigned`: first owner; `reassigned`: a new owner after an SLA miss, a rejection or a queue wait ended;
+    `unassigned`: nobody eligible, the lead waits in `pool`'s queue; `sla_breached`: `previous_rep_id` did not
+    accept by the deadline; `escalated`: a rep's misses reached the threshold, `manager` is told;
+    `accepted`: the rep took the lead (its SLA timer stops).
+    """
 
     EVENT_TYPE: ClassVar[str] = "dev.baton.lead.routed.v1"
     TOPIC: ClassVar[str] = topics.LEADS_ROUTED
 
     assignment_id: str
-    kind: Literal["assigned", "unassigned"]
+    kind: RoutingKind
     rep_id: str | None = None
     rep_name: str | None = None
     reason: str
     score: int
     routed_at: datetime
+    rep_email: str | None = None
+    team: str | None = None
+    pool: str | None = None
+    rule: str | None = None
+    grade: str | None = None
+    verdict: str | None = None
+    sla_deadline: datetime | None = None
+    previous_rep_id: str | None = None
+    manager: str | None = None
+    lead: dict[str, Any] = {}
 
 
 OutcomeKind = Literal["accepted", "contacted", "meeting_booked", "qualified", "disqualified", "won", "lost", "recycled"]

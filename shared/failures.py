@@ -14,9 +14,14 @@ _OUTAGE_NAMES = {
     "InterfaceError",
 }
 
+# Transaction conflicts PostgreSQL resolves by aborting one side (serialization failure, deadlock): the work is
+# fine and succeeds when tried again, so it must never count towards dead-lettering.
+_CONFLICT_SQLSTATES = {"40001", "40P01"}
+
 
 def is_outage(exc: BaseException) -> bool:
-    """True when the database or network is unavailable, as opposed to this input being bad."""
+    """True when the database or network is unavailable (or a transaction lost a conflict it will win when
+    retried), as opposed to this input being bad."""
     if isinstance(exc, OSError | TimeoutError | PoolTimeoutError | OperationalError | InterfaceError):
         return True
     if isinstance(exc, DBAPIError):
@@ -28,4 +33,9 @@ def is_outage(exc: BaseException) -> bool:
 def _is_outage_cause(cause: BaseException | None) -> bool:
     if cause is None:
         return False
+    for code in (getattr(cause, "sqlstate", None), getattr(cause, "pgcode", None)):
+        if code in _CONFLICT_SQLSTATES:
+            return True
+    if cause.__cause__ is not None and getattr(cause.__cause__, "sqlstate", None) in _CONFLICT_SQLSTATES:
+        return True
     return isinstance(cause, OSError) or any(kind.__name__ in _OUTAGE_NAMES for kind in type(cause).__mro__)

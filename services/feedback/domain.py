@@ -98,14 +98,23 @@ def scored_step(scored: LeadScoredV1) -> JourneyStep:
 
 def routed_step(routed: LeadRoutedV1) -> JourneyStep:
     """Routing's decision and its reason."""
-    return JourneyStep(
-        routed.lead_id,
-        routed.kind if routed.kind == "unassigned" else "routed",
-        routed.routed_at,
-        "routing",
-        routed.reason,
-        {"assignment_id": routed.assignment_id, "rep_id": routed.rep_id, "rep_name": routed.rep_name},
-    )
+    details = {"assignment_id": routed.assignment_id, "rep_id": routed.rep_id, "rep_name": routed.rep_name}
+    deadline = routed.sla_deadline.isoformat() if routed.sla_deadline else None
+    extras = {"previous_rep_id": routed.previous_rep_id, "rule": routed.rule, "pool": routed.pool,
+              "sla_deadline": deadline, "manager": routed.manager}  # fmt: skip
+    details.update({name: value for name, value in extras.items() if value is not None})
+    return JourneyStep(routed.lead_id, ROUTING_STEPS[routed.kind], routed.routed_at, "routing", routed.reason, details)
+
+
+# What each leads.routed kind is called in a journey.
+ROUTING_STEPS = {
+    "assigned": "routed",
+    "reassigned": "reassigned",
+    "unassigned": "unassigned",
+    "sla_breached": "sla_missed",
+    "escalated": "escalated",
+    "accepted": "accepted_by_rep",
+}
 
 
 def outcome_step(outcome: OutcomeRecordedV1) -> JourneyStep:

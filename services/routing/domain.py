@@ -1,37 +1,171 @@
-"""Pure routing decisions: a scored lead and the reps in, an assignment with its reasons out."""
+"""Pure routing decisions: a lead, the reps and their load in; who gets it (or which queue it waits in) and why out.
+
+Order of precedence: the account owner (the lead's company domain belongs to a rep) if available; otherwise the
+first matching rule's pool, where smooth weighted round robin picks among the eligible reps.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
+
+from services.routing.reps import Load, Rep, Requirements, why_ineligible
+from services.routing.rules import ALL_REPS, RoutingPolicy, RoutingRule
 
 
 @dataclass(frozen=True)
-class Rep:
-    """A sales rep as routing sees them."""
+class Candidate:
+    """A rep routing looked at, and what it concluded."""
 
     rep_id: str
     name: str
-    active: bool
+    verdict: Literal["chosen", "eligible", "skipped"]
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON form for the stored explanation."""
+        return {"rep_id": self.rep_id, "name": self.name, "verdict": self.verdict, "reason": self.reason}
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Who gets the lead (or nobody), and why."""
+    """Who gets the lead (or nobody: it waits in `pool`'s queue), by which path, and why."""
 
     kind: Literal["assigned", "unassigned"]
     rep: Rep | None
+    pool: str
+    rule: str | None
+    via: Literal["account", "rule"]
     reason: str
-    skipped: tuple[tuple[str, str], ...]
+    candidates: tuple[Candidate, ...]
+    rotation: Mapping[str, int]  # the pool's round-robin state after this decision
+
+    def explanation(self) -> dict[str, Any]:
+        """JSON form stored with the assignment and shown by the API."""
+        return {
+            "via": self.via,
+            "pool": self.pool,
+            "rule": self.rule,
+            "reason": self.reason,
+            "candidates": [candidate.as_dict() for candidate in self.candidates],
+        }
 
 
-def assign_round_robin(reps: Sequence[Rep], *, last_assigned: str | None) -> Decision:
-    """The next active rep after `last_assigned`, in rep-id order so fairness ignores the order reps were added."""
-    skipped = tuple((rep.rep_id, "inactive") for rep in reps if not rep.active)
-    eligible = sorted((rep for rep in reps if rep.active), key=lambda rep: rep.rep_id)
+def decide(
+    lead: Mapping[str, Any],
+    *,
+    policy: RoutingPolicy,
+    reps: Sequence[Rep],
+    loads: Mapping[str, Load],
+    account_owner: str | None,
+    rotations: Mapping[str, Mapping[str, int]],
+    now: datetime,
+    exclude: frozenset[str] = frozenset(),
+) -> Decision:
+    """Route `lead` (fields plus score/grade/verdict) at `now`; `exclude` are reps who already lost this lead."""
+    by_id = {rep.rep_id: rep for rep in reps}
+    owner = by_id.get(account_owner) if account_owner else None
+    account_note: Candidate | None = None
+    if owner is not None:
+        problem = why_ineligible(owner, loads.get(owner.rep_id, Load()), now, Requirements(exclude=exclude))
+        domain = lead.get("company_domain")
+        if problem is None:
+            chosen = Candidate(owner.rep_id, owner.name, "chosen", f"owns the account {domain}")
+            return Decision("assigned", owner, f"account:{domain}", None, "account", f"{owner.name} owns the account "
+                            f"{domain}", (chosen,), {})  # fmt: skip
+        account_note = Candidate(owner.rep_id, owner.name, "skipped", f"owns the account {domain} but is {problem}")
+    rule = policy.first_match(lead)
+    if rule is None:
+        notes = (account_note,) if account_note else ()
+        return Decision("unassigned", None, ALL_REPS, None, "rule", "no routing rule matches the lead", notes, {})
+    decision = decide_in_pool(
+        lead, rule=rule, reps=reps, loads=loads, rotation=rotations.get(rule.pool, {}), now=now, exclude=exclude
+    )
+    if account_note is None:
+        return decision
+    return Decision(
+        decision.kind, decision.rep, decision.pool, decision.rule, decision.via,
+        f"{decision.reason}; account owner unavailable", (account_note, *decision.candidates), decision.rotation,
+    )  # fmt: skip
+
+
+def decide_in_pool(
+    lead: Mapping[str, Any],
+    *,
+    rule: RoutingRule,
+    reps: Sequence[Rep],
+    loads: Mapping[str, Load],
+    rotation: Mapping[str, int],
+    now: datetime,
+    exclude: frozenset[str] = frozenset(),
+) -> Decision:
+    """Weighted round robin among the rule's pool members who are eligible now."""
+    needs = requirements(rule, lead, exclude)
+    members = sorted(pool_members(rule, reps), key=lambda rep: rep.rep_id)
+    skipped: list[Candidate] = []
+    eligible: list[Rep] = []
+    for rep in members:
+        problem = why_ineligible(rep, loads.get(rep.rep_id, Load()), now, needs)
+        if problem is None:
+            eligible.append(rep)
+        else:
+            skipped.append(Candidate(rep.rep_id, rep.name, "skipped", problem))
+    matched = f"rule {rule.id} ({rule.explain()})"
     if not eligible:
-        return Decision("unassigned", None, "no active rep; the lead waits in the default pool", skipped)
-    chosen = next((rep for rep in eligible if last_assigned is None or rep.rep_id > last_assigned), eligible[0])
-    reason = f"round robin over {len(eligible)} active rep(s): {chosen.name} is next after {last_assigned or 'start'}"
-    return Decision("assigned", chosen, reason, skipped)
+        reason = f"{matched}: nobody in pool {rule.pool} is eligible now; the lead waits in its queue"
+        return Decision("unassigned", None, rule.pool, rule.id, "rule", reason, tuple(skipped), dict(rotation))
+    chosen, after = pick_weighted(eligible, rotation)
+    others = [
+        Candidate(rep.rep_id, rep.name, "eligible", "eligible, not their turn")
+        for rep in eligible
+        if rep.rep_id != chosen.rep_id
+    ]
+    picked = Candidate(chosen.rep_id, chosen.name, "chosen", f"weight {chosen.weight}, next in weighted round robin")
+    reason = (
+        f"{matched}: {chosen.name} is next in weighted round robin among {len(eligible)} eligible of "
+        f"{len(members)} in pool {rule.pool}"
+    )
+    return Decision("assigned", chosen, rule.pool, rule.id, "rule", reason, (picked, *others, *skipped), after)
+
+
+def pool_members(rule: RoutingRule, reps: Sequence[Rep]) -> list[Rep]:
+    """The reps a rule sends leads to."""
+    if rule.rep_id is not None:
+        return [rep for rep in reps if rep.rep_id == rule.rep_id]
+    if rule.team is not None:
+        return [rep for rep in reps if rep.team == rule.team]
+    return list(reps)
+
+
+def requirements(rule: RoutingRule, lead: Mapping[str, Any], exclude: frozenset[str]) -> Requirements:
+    """What the rule asks of a rep for this lead."""
+    territory = None
+    if rule.match_territory:
+        country, region = lead.get("country"), lead.get("region")
+        territory = f"{country}-{region}" if country and region else country or "unknown"
+    segment = (lead.get("company_size") or "unknown") if rule.match_segment else None
+    return Requirements(
+        skills=frozenset(rule.require_skills),
+        languages=frozenset(rule.require_languages),
+        territory=territory,
+        segment=segment,
+        exclude=exclude,
+    )
+
+
+def pick_weighted(eligible: Sequence[Rep], rotation: Mapping[str, int]) -> tuple[Rep, dict[str, int]]:
+    """Smooth weighted round robin (as in nginx): every eligible rep gains its weight, the highest total wins
+    (ties by rep id, so the order reps were added never matters) and gives back the sum of the weights.
+
+    Over any run of picks each rep's share tracks weight / total weight within one pick.
+    """
+    current = dict(rotation)
+    total = 0
+    for rep in eligible:
+        current[rep.rep_id] = current.get(rep.rep_id, 0) + rep.weight
+        total += rep.weight
+    chosen = min(eligible, key=lambda rep: (-current[rep.rep_id], rep.rep_id))
+    current[chosen.rep_id] -= total
+    return chosen, current

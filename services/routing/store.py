@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Connection,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    and_,
+    case,
+    delete,
+    func,
+    or_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing.domain import Rep
-from shared.db import Migration, UtcDateTime, create_tables
+from services.routing.reps import Absence, Load, Rep, WorkingHours, parse_week
+from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 DEFAULT_POOL = "default"
@@ -36,8 +43,62 @@ reps = Table(
     Column("email", String(320), nullable=False, unique=True),
     Column("active", Boolean, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    Column("team", String(64)),
+    Column("manager", String(320)),
+    Column("languages", JSON),
+    Column("skills", JSON),
+    Column("territories", JSON),
+    Column("segments", JSON),
+    Column("weight", Integer),
+    Column("max_open", Integer),
+    Column("max_per_day", Integer),
+    Column("timezone", String(64)),
+    Column("working_hours", JSON),
+    Column("out_of_office", JSON),
+    Column("updated_at", UtcDateTime()),
 )
 
+# What each rep carries, changed only by compare-and-increment so that concurrent assignments never pass a cap.
+rep_loads = Table(
+    "rep_loads",
+    metadata,
+    Column("rep_id", String(64), primary_key=True),
+    Column("open_leads", Integer, nullable=False),
+    Column("day", String(10)),
+    Column("new_on_day", Integer, nullable=False),
+    Column("sla_misses", Integer, nullable=False),
+)
+
+teams = Table(
+    "teams",
+    metadata,
+    Column("team_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("manager", String(320)),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("domain", String(253), primary_key=True),
+    Column("rep_id", String(64), nullable=False),
+    Column("name", String(200)),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+policies = Table(
+    "routing_policies",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("definition", JSON, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("activated_at", UtcDateTime()),
+    Column("active", Boolean, nullable=False),
+)
+
+# The lead's routing state: one row per lead. `status`: queued | assigned | accepted | closed.
 assignments = Table(
     "assignments",
     metadata,
@@ -49,20 +110,123 @@ assignments = Table(
     Column("reason", String(1000), nullable=False),
     Column("details", JSON, nullable=False),
     Column("decided_at", UtcDateTime(), nullable=False),
+    Column("status", String(20)),
+    Column("pool", String(300)),
+    Column("rule", String(64)),
+    Column("grade", String(4)),
+    Column("verdict", String(20)),
+    Column("sla_deadline", UtcDateTime()),
+    Column("lead", JSON),
+    Column("tried", JSON),
+    Column("updated_at", UtcDateTime()),
+)
+SLA_INDEX = Index("ix_assignments_sla", assignments.c.status, assignments.c.sla_deadline)
+
+# Every decision ever taken on a lead, in order: the assignment's explanation over time.
+decisions = Table(
+    "routing_decisions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("lead_id", String(36), nullable=False, index=True),
+    Column("assignment_id", String(36), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("rep_id", String(64)),
+    Column("reason", String(1000), nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
 )
 
-# One row per pool: whose turn it was last, locked while a lead is assigned so replicas take turns.
+# One row per pool: locked while a lead of that pool is assigned, so replicas take turns; `weights` holds the
+# smooth weighted round robin's running totals per rep.
 rotations = Table(
     "rotations",
     metadata,
-    Column("pool", String(64), primary_key=True),
+    Column("pool", String(300), primary_key=True),
     Column("last_rep_id", String(64)),
+    Column("weights", JSON),
+)
+
+# --- delivery to sales tools: webhook subscriptions, their deliveries (an outbox of HTTP calls), the live stream ---
+
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("url", String(2000), nullable=False),
+    Column("secret", String(200), nullable=False),  # "whsec_" + base64, per the Standard Webhooks spec
+    Column("team", String(64)),  # only leads of this team (None: every team)
+    Column("rep_id", String(64)),  # only leads of this rep (None: every rep)
+    Column("kinds", JSON, nullable=False),  # leads.routed kinds to deliver; [] = all
+    Column("active", Boolean, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# Written in the same transaction as the routing decision; a dispatcher sends them, retrying with backoff for
+# up to 24 h, then parks them (status "parked") until redelivered.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("delivery_id", String(64), primary_key=True),  # the webhook-id header
+    Column("subscription_id", String(64), nullable=False),
+    Column("lead_id", String(36), nullable=False),
+    Column("event", JSON, nullable=False),  # the CloudEvent in structured JSON form
+    Column("status", String(20), nullable=False),  # pending | delivered | parked
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("last_error", String(2000)),
+    Column("last_status_code", Integer),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime()),
+)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at)
+
+# What the live stream (Server-Sent Events) replays: `seq` is the SSE event id a client resumes from.
+stream_events = Table(
+    "stream_events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("lead_id", String(36), nullable=False),
+    Column("rep_id", String(64)),
+    Column("team", String(64)),
+    Column("event", JSON, nullable=False),  # the CloudEvent in structured JSON form
+    Column("at", UtcDateTime(), nullable=False),
 )
 
 
 def _seed_default_pool(connection: Connection) -> None:
     connection.execute(rotations.insert().values(pool=DEFAULT_POOL, last_rep_id=None))
 
+
+def _backfill(connection: Connection) -> None:
+    connection.execute(update(assignments).where(assignments.c.status.is_(None)).values(
+        status=case((assignments.c.kind == "assigned", "assigned"), else_="queued"), pool=DEFAULT_POOL))  # fmt: skip
+    connection.execute(update(reps).where(reps.c.weight.is_(None)).values(weight=1, timezone="UTC"))
+    carried: dict[str, int] = dict(
+        connection.execute(  # type: ignore[arg-type]
+            select(assignments.c.rep_id, func.count())
+            .where(assignments.c.status == "assigned")
+            .group_by(assignments.c.rep_id)
+        ).all()
+    )
+    for (rep_id,) in connection.execute(select(reps.c.rep_id)).all():
+        connection.execute(
+            rep_loads.insert().values(rep_id=rep_id, open_leads=carried.get(rep_id, 0), new_on_day=0, sla_misses=0)
+        )
+
+
+def _migration_3(connection: Connection) -> None:
+    add_columns(metadata, "reps", *(column.name for column in reps.columns if column.name not in _V1_REPS))(connection)
+    add_columns(metadata, "assignments", *(c.name for c in assignments.columns if c.name not in _V1_ASSIGNMENTS))(
+        connection
+    )
+    add_columns(metadata, "rotations", "weights")(connection)
+    create_tables(metadata, "rep_loads", "teams", "accounts", "routing_policies", "routing_decisions")(connection)
+    SLA_INDEX.create(connection, checkfirst=True)
+    _backfill(connection)
+
+
+_V1_REPS = {"rep_id", "name", "email", "active", "created_at"}
+_V1_ASSIGNMENTS = {"assignment_id", "lead_id", "kind", "rep_id", "score", "reason", "details", "decided_at"}
 
 MIGRATIONS = (
     Migration(
@@ -71,51 +235,334 @@ MIGRATIONS = (
         create_tables(metadata, "reps", "assignments", "rotations", OUTBOX, INBOX),
     ),
     Migration(2, "default pool", _seed_default_pool),
+    Migration(3, "teams, accounts, policies, rep profiles and loads, lead routing state", _migration_3),
+    Migration(
+        4,
+        "webhook subscriptions and deliveries, live stream",
+        create_tables(metadata, "webhook_subscriptions", "webhook_deliveries", "stream_events"),
+    ),
 )
 
 
-async def insert_rep(
-    session: AsyncSession, *, rep_id: str, name: str, email: str, active: bool, created_at: datetime
-) -> None:
-    """Add a rep."""
-    await session.execute(
-        reps.insert().values(rep_id=rep_id, name=name, email=email, active=active, created_at=created_at)
+# --- reps ---------------------------------------------------------------------------------------------------------
+
+
+async def upsert_rep(session: AsyncSession, *, rep_id: str, values: dict[str, Any], now: datetime) -> bool:
+    """Create or replace a rep's profile; True if it was created. Its load row is created with it."""
+    exists = await session.scalar(select(reps.c.rep_id).where(reps.c.rep_id == rep_id))
+    if exists is None:
+        await session.execute(reps.insert().values(rep_id=rep_id, created_at=now, updated_at=now, **values))
+        await session.execute(rep_loads.insert().values(rep_id=rep_id, open_leads=0, new_on_day=0, sla_misses=0))
+        return True
+    await session.execute(update(reps).where(reps.c.rep_id == rep_id).values(updated_at=now, **values))
+    return False
+
+
+async def list_reps(session: AsyncSession, *, team: str | None = None) -> list[dict[str, Any]]:
+    """Every rep (of `team`), in id order, with their load."""
+    query = select(reps, rep_loads.c.open_leads, rep_loads.c.day, rep_loads.c.new_on_day, rep_loads.c.sla_misses)
+    query = query.join(rep_loads, rep_loads.c.rep_id == reps.c.rep_id, isouter=True).order_by(reps.c.rep_id)
+    if team is not None:
+        query = query.where(reps.c.team == team)
+    return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
+async def load_rep_row(session: AsyncSession, *, rep_id: str) -> dict[str, Any] | None:
+    """One rep with their load, or None."""
+    rows = [row for row in await list_reps(session) if row["rep_id"] == rep_id]
+    return rows[0] if rows else None
+
+
+async def delete_rep(session: AsyncSession, *, rep_id: str) -> bool:
+    """Remove a rep (their assignments stay, as history); True if there was one."""
+    result = await session.execute(delete(reps).where(reps.c.rep_id == rep_id))
+    await session.execute(delete(rep_loads).where(rep_loads.c.rep_id == rep_id))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def rep_from_row(row: dict[str, Any]) -> Rep:
+    """The domain's view of a stored rep."""
+    timezone = row.get("timezone") or "UTC"
+    hours = None
+    if row.get("working_hours"):
+        hours = WorkingHours(timezone, parse_week(row["working_hours"]))
+    absences = tuple(
+        Absence(datetime.fromisoformat(item["start"]), datetime.fromisoformat(item["end"]))
+        for item in row.get("out_of_office") or []
+    )
+    return Rep(
+        rep_id=row["rep_id"],
+        name=row["name"],
+        email=row["email"],
+        team=row.get("team"),
+        manager=row.get("manager"),
+        languages=frozenset(row.get("languages") or ()),
+        skills=frozenset(row.get("skills") or ()),
+        territories=frozenset(row.get("territories") or ()),
+        segments=frozenset(row.get("segments") or ()),
+        weight=row.get("weight") or 1,
+        max_open=row.get("max_open"),
+        max_per_day=row.get("max_per_day"),
+        timezone=timezone,
+        hours=hours,
+        absences=absences,
+        active=row["active"],
     )
 
 
-async def list_reps(session: AsyncSession) -> list[dict[str, Any]]:
-    """Every rep, in id order."""
-    return [dict(row) for row in (await session.execute(select(reps).order_by(reps.c.rep_id))).mappings()]
+def load_from_row(row: dict[str, Any]) -> Load:
+    """The load stored with a rep row."""
+    day = row.get("day")
+    return Load(
+        open_leads=row.get("open_leads") or 0,
+        day=date.fromisoformat(day) if day else None,
+        new_on_day=row.get("new_on_day") or 0,
+    )
 
 
-async def load_reps(session: AsyncSession) -> list[Rep]:
-    """Every rep as the domain sees them."""
-    return [Rep(rep_id=row["rep_id"], name=row["name"], active=row["active"]) for row in await list_reps(session)]
+async def load_roster(session: AsyncSession) -> tuple[list[Rep], dict[str, Load]]:
+    """Every rep and their load, as the domain sees them."""
+    rows = await list_reps(session)
+    return [rep_from_row(row) for row in rows], {row["rep_id"]: load_from_row(row) for row in rows}
 
 
-async def lock_rotation(session: AsyncSession, *, pool: str) -> str | None:
-    """Take the pool's turn lock (PostgreSQL row lock) and return the rep who was assigned last."""
-    statement = select(rotations.c.last_rep_id).where(rotations.c.pool == pool).with_for_update()
-    return await session.scalar(statement)
+async def claim_capacity(session: AsyncSession, rep: Rep, *, today: date) -> bool:
+    """Count one more open (and today's new) lead for `rep` unless a cap is reached: compare-and-increment, so two
+    replicas assigning at once can never both take the last slot. False if the rep is full."""
+    day = today.isoformat()
+    conditions = [rep_loads.c.rep_id == rep.rep_id]
+    if rep.max_open is not None:
+        conditions.append(rep_loads.c.open_leads < rep.max_open)
+    if rep.max_per_day is not None:
+        conditions.append(
+            or_(rep_loads.c.day.is_(None), rep_loads.c.day != day, rep_loads.c.new_on_day < rep.max_per_day)
+        )
+    result = await session.execute(
+        update(rep_loads)
+        .where(and_(*conditions))
+        .values(
+            open_leads=rep_loads.c.open_leads + 1,
+            new_on_day=case((rep_loads.c.day == day, rep_loads.c.new_on_day + 1), else_=1),
+            day=day,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def advance_rotation(session: AsyncSession, *, pool: str, rep_id: str) -> None:
-    """Record the rep who just got a lead from the pool."""
-    await session.execute(update(rotations).where(rotations.c.pool == pool).values(last_rep_id=rep_id))
+async def release_capacity(session: AsyncSession, *, rep_id: str) -> None:
+    """One open lead fewer for `rep_id` (never below zero)."""
+    await session.execute(
+        update(rep_loads)
+        .where(rep_loads.c.rep_id == rep_id, rep_loads.c.open_leads > 0)
+        .values(open_leads=rep_loads.c.open_leads - 1)
+    )
 
 
-async def assignment_exists(session: AsyncSession, *, lead_id: str) -> bool:
-    """True if the lead was already routed."""
-    found = await session.scalar(select(assignments.c.assignment_id).where(assignments.c.lead_id == lead_id))
-    return found is not None
+async def count_miss(session: AsyncSession, *, rep_id: str) -> int:
+    """Record an SLA miss for `rep_id`; returns their misses so far."""
+    await session.execute(
+        update(rep_loads).where(rep_loads.c.rep_id == rep_id).values(sla_misses=rep_loads.c.sla_misses + 1)
+    )
+    return int(await session.scalar(select(rep_loads.c.sla_misses).where(rep_loads.c.rep_id == rep_id)) or 0)
+
+
+# --- teams and accounts --------------------------------------------------------------------------------------------
+
+
+async def upsert_team(session: AsyncSession, *, team_id: str, name: str, manager: str | None, now: datetime) -> None:
+    """Create or rename a team."""
+    if await session.scalar(select(teams.c.team_id).where(teams.c.team_id == team_id)) is None:
+        await session.execute(teams.insert().values(team_id=team_id, name=name, manager=manager, created_at=now))
+    else:
+        await session.execute(update(teams).where(teams.c.team_id == team_id).values(name=name, manager=manager))
+
+
+async def list_teams(session: AsyncSession) -> list[dict[str, Any]]:
+    """Every team with its rep counts."""
+    members = (
+        select(
+            reps.c.team,
+            func.count().label("reps"),
+            func.sum(case((reps.c.active, 1), else_=0)).label("active_reps"),
+        )
+        .group_by(reps.c.team)
+        .subquery()
+    )
+    query = (
+        select(
+            teams,
+            func.coalesce(members.c.reps, 0).label("reps"),
+            func.coalesce(members.c.active_reps, 0).label("active_reps"),
+        )
+        .join(members, members.c.team == teams.c.team_id, isouter=True)
+        .order_by(teams.c.team_id)
+    )
+    return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
+async def team_manager(session: AsyncSession, *, team_id: str | None) -> str | None:
+    """The manager of a team."""
+    if team_id is None:
+        return None
+    result: str | None = await session.scalar(select(teams.c.manager).where(teams.c.team_id == team_id))
+    return result
+
+
+async def upsert_account(session: AsyncSession, *, domain: str, rep_id: str, name: str | None, now: datetime) -> None:
+    """Give the account (company domain) to a rep."""
+    await session.execute(delete(accounts).where(accounts.c.domain == domain))
+    await session.execute(accounts.insert().values(domain=domain, rep_id=rep_id, name=name, created_at=now))
+
+
+async def list_accounts(session: AsyncSession) -> list[dict[str, Any]]:
+    """Every account and its owner."""
+    return [dict(row) for row in (await session.execute(select(accounts).order_by(accounts.c.domain))).mappings()]
+
+
+async def delete_account(session: AsyncSession, *, domain: str) -> bool:
+    """Forget an account; True if there was one."""
+    return bool((await session.execute(delete(accounts).where(accounts.c.domain == domain))).rowcount)  # type: ignore[attr-defined]
+
+
+async def account_owner(session: AsyncSession, *, domain: str | None) -> str | None:
+    """The rep owning `domain`, if any."""
+    if not domain:
+        return None
+    result: str | None = await session.scalar(select(accounts.c.rep_id).where(accounts.c.domain == domain.lower()))
+    return result
+
+
+# --- policies ------------------------------------------------------------------------------------------------------
+
+
+async def add_policy(session: AsyncSession, *, name: str, definition: dict[str, Any], at: datetime) -> int:
+    """Store a policy as a draft; returns its version."""
+    version = int(await session.scalar(select(func.coalesce(func.max(policies.c.version), 0))) or 0) + 1
+    await session.execute(
+        policies.insert().values(version=version, name=name, definition=definition, created_at=at, active=False)
+    )
+    return version
+
+
+async def list_policies(session: AsyncSession) -> list[dict[str, Any]]:
+    """Every policy version."""
+    return [dict(row) for row in (await session.execute(select(policies).order_by(policies.c.version))).mappings()]
+
+
+async def load_policy(session: AsyncSession, *, version: int) -> dict[str, Any] | None:
+    """One policy version."""
+    row = (await session.execute(select(policies).where(policies.c.version == version))).mappings().first()
+    return dict(row) if row else None
+
+
+async def active_policy(session: AsyncSession) -> dict[str, Any] | None:
+    """The active policy, or None (then the default policy applies)."""
+    row = (await session.execute(select(policies).where(policies.c.active))).mappings().first()
+    return dict(row) if row else None
+
+
+async def activate_policy(session: AsyncSession, *, version: int, at: datetime) -> None:
+    """Make `version` the only active policy."""
+    await session.execute(update(policies).where(policies.c.active).values(active=False))
+    await session.execute(update(policies).where(policies.c.version == version).values(active=True, activated_at=at))
+
+
+# --- rotations -----------------------------------------------------------------------------------------------------
+
+
+async def lock_rotation(session: AsyncSession, *, pool: str) -> dict[str, int]:
+    """Take the pool's turn lock (a PostgreSQL row lock, held to commit) and return its round-robin totals."""
+    statement = select(rotations.c.weights).where(rotations.c.pool == pool).with_for_update()
+    row = (await session.execute(statement)).first()
+    if row is None:
+        await session.execute(rotations.insert().values(pool=pool, weights={}))
+        row = (await session.execute(statement)).first()
+    return dict(row[0] or {}) if row else {}
+
+
+async def peek_rotation(session: AsyncSession, *, pool: str) -> dict[str, int]:
+    """The pool's round-robin totals, without taking its lock (for simulations)."""
+    row = (await session.execute(select(rotations.c.weights).where(rotations.c.pool == pool))).first()
+    return dict(row[0] or {}) if row else {}
+
+
+async def save_rotation(session: AsyncSession, *, pool: str, weights: dict[str, int], rep_id: str) -> None:
+    """Store the pool's round-robin totals after a pick."""
+    await session.execute(update(rotations).where(rotations.c.pool == pool).values(weights=weights, last_rep_id=rep_id))
+
+
+# --- assignments ---------------------------------------------------------------------------------------------------
+
+
+async def load_assignment(session: AsyncSession, *, lead_id: str, for_update: bool = False) -> dict[str, Any] | None:
+    """The lead's routing state, or None."""
+    query = select(assignments).where(assignments.c.lead_id == lead_id)
+    if for_update:
+        query = query.with_for_update()
+    row = (await session.execute(query)).mappings().first()
+    return dict(row) if row else None
 
 
 async def insert_assignment(session: AsyncSession, **values: Any) -> None:
-    """Store a routing decision."""
+    """Store a lead's first routing decision."""
     await session.execute(assignments.insert().values(**values))
 
 
-async def load_assignment(session: AsyncSession, *, lead_id: str) -> dict[str, Any] | None:
-    """The lead's routing decision, or None."""
-    row = (await session.execute(select(assignments).where(assignments.c.lead_id == lead_id))).mappings().first()
+async def update_assignment(
+    session: AsyncSession, *, lead_id: str, expect_status: str | None = None, **values: Any
+) -> bool:
+    """Change a lead's routing state; with `expect_status`, only if it still has that status (so two replicas
+    never both act on one timer). True if it changed."""
+    condition = assignments.c.lead_id == lead_id
+    if expect_status is not None:
+        condition = and_(condition, assignments.c.status == expect_status)
+    result = await session.execute(update(assignments).where(condition).values(**values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def add_decision(session: AsyncSession, **values: Any) -> None:
+    """Append to a lead's routing history."""
+    await session.execute(decisions.insert().values(**values))
+
+
+async def lead_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:
+    """Every routing decision on a lead, oldest first."""
+    query = select(decisions).where(decisions.c.lead_id == lead_id).order_by(decisions.c.id)
+    return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
+async def due_for_sla(session: AsyncSession, *, now: datetime, limit: int) -> list[str]:
+    """Leads whose rep did not accept by the deadline, most overdue first."""
+    query = (
+        select(assignments.c.lead_id)
+        .where(assignments.c.status == "assigned", assignments.c.sla_deadline <= now)
+        .order_by(assignments.c.sla_deadline)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def queued_leads(session: AsyncSession, *, limit: int) -> list[str]:
+    """Leads waiting for an eligible rep, oldest first."""
+    query = select(assignments.c.lead_id).where(assignments.c.status == "queued").order_by(assignments.c.decided_at)
+    return list((await session.scalars(query.limit(limit))).all())
+
+
+async def claim_lead(
+    session: AsyncSession, *, lead_id: str, status: str, due_by: datetime | None = None
+) -> dict[str, Any] | None:
+    """Lock the lead's row for this transaction if it still has `status` (and, with `due_by`, its SLA deadline has
+    passed); None if not, or if another replica holds it right now (PostgreSQL SKIP LOCKED)."""
+    query = select(assignments).where(assignments.c.lead_id == lead_id, assignments.c.status == status)
+    if due_by is not None:
+        query = query.where(assignments.c.sla_deadline <= due_by)
+    row = (await session.execute(query.with_for_update(skip_locked=True))).mappings().first()
     return dict(row) if row else None
+
+
+async def queue_lengths(session: AsyncSession) -> dict[str, int]:
+    """Leads waiting, per pool."""
+    query = (
+        select(assignments.c.pool, func.count()).where(assignments.c.status == "queued").group_by(assignments.c.pool)
+    )
+    return {pool or DEFAULT_POOL: count for pool, count in (await session.execute(query)).all()}

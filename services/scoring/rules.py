@@ -10,15 +10,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
+from shared.conditions import Operator, Scalar, field_value, holds, is_attribute, operand_problem
 from shared.events import LeadCapturedV1, ScoreContribution
 
 RuleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
-Scalar = str | int | float | bool
-ATTRIBUTE_PREFIX = "attributes."
 # Identity and bookkeeping say nothing about fit; rules may not use them.
 NOT_SCORABLE = frozenset({"lead_id", "email", "first_name", "last_name", "phone", "captured_at", "consent_at"})
 LEAD_FIELDS = frozenset(LeadCapturedV1.model_fields) - NOT_SCORABLE - {"attributes"}
@@ -32,7 +31,7 @@ class FitRule(BaseModel):
 
     id: RuleId
     field: str
-    op: Literal["equals", "in", "range", "contains", "exists"]
+    op: Operator
     value: Scalar | list[Scalar] | None = None
     min: float | None = None
     max: float | None = None
@@ -41,32 +40,12 @@ class FitRule(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> FitRule:
-        if self.field not in LEAD_FIELDS and not (
-            self.field.startswith(ATTRIBUTE_PREFIX) and len(self.field) > len(ATTRIBUTE_PREFIX)
-        ):
+        if self.field not in LEAD_FIELDS and not is_attribute(self.field):
             raise ValueError(f"unknown field {self.field!r}: use one of {sorted(LEAD_FIELDS)} or attributes.<name>")
-        problem = _operand_problem(self)
+        problem = operand_problem(self.op, self.value, self.min, self.max)
         if problem:
             raise ValueError(problem)
         return self
-
-
-def _operand_problem(rule: FitRule) -> str | None:
-    if rule.op == "range":
-        if rule.min is None and rule.max is None:
-            return "range needs min and/or max"
-        if rule.min is not None and rule.max is not None and rule.min >= rule.max:
-            return f"range min {rule.min} must be below max {rule.max}"
-        return None if rule.value is None else "range takes min/max, not value"
-    if rule.min is not None or rule.max is not None:
-        return f"{rule.op} takes value, not min/max"
-    if rule.op == "exists":
-        return None if rule.value is None else "exists takes no value"
-    if rule.op == "in":
-        return None if isinstance(rule.value, list) and rule.value else "in needs a non-empty list as value"
-    if rule.value is None or isinstance(rule.value, list):
-        return f"{rule.op} needs a single value"
-    return None
 
 
 class EngagementRule(BaseModel):
@@ -216,55 +195,13 @@ def grade_of(model: ScoringModelDefinition, fit: int, engagement: int) -> str:
     return letter + digit
 
 
-def field_value(lead: Mapping[str, Any], field: str) -> Any:
-    """A lead field, or an attribute for `attributes.<name>`; None when absent."""
-    if field.startswith(ATTRIBUTE_PREFIX):
-        return (lead.get("attributes") or {}).get(field[len(ATTRIBUTE_PREFIX) :])
-    return lead.get(field)
-
-
 def _fit_contribution(rule: FitRule, lead: Mapping[str, Any]) -> ScoreContribution | None:
     value = field_value(lead, rule.field)
-    if not _matches(rule, value):
+    if not holds(rule.op, rule.value, rule.min, rule.max, value):
         return None
     shown = value if not isinstance(value, list | tuple) else ", ".join(map(str, value))
     reason = rule.reason or f"{rule.field} {rule.op} {rule.value if rule.op != 'range' else (rule.min, rule.max)}"
     return ScoreContribution(rule=rule.id, points=rule.points, reason=f"{reason} ({shown})", kind="fit")
-
-
-def _matches(rule: FitRule, value: Any) -> bool:
-    if value is None or value == "" or value == [] or value == ():
-        return False
-    if rule.op == "exists":
-        return True
-    items = list(value) if isinstance(value, list | tuple) else [value]
-    if rule.op == "range":
-        return any(_in_range(item, rule.min, rule.max) for item in items)
-    if rule.op == "contains":
-        needle = str(rule.value).lower()
-        return any(needle in str(item).lower() for item in items)
-    wanted = rule.value if isinstance(rule.value, list) else [] if rule.value is None else [rule.value]
-    return any(_same(item, option) for item in items for option in wanted)
-
-
-def _same(item: Any, option: Scalar) -> bool:
-    if isinstance(option, bool):
-        text = str(item).strip().lower()
-        return text in ("true", "1", "yes", "on") if option else text in ("false", "0", "no", "off")
-    if isinstance(option, int | float):
-        try:
-            return float(item) == float(option)
-        except (TypeError, ValueError):
-            return False
-    return str(item).strip().lower() == str(option).strip().lower()
-
-
-def _in_range(item: Any, low: float | None, high: float | None) -> bool:
-    try:
-        number = float(item)
-    except (TypeError, ValueError):
-        return False
-    return (low is None or number >= low) and (high is None or number < high)
 
 
 def _engagement(model: ScoringModelDefinition, touches: list[Touch], now: datetime) -> list[ScoreContribution]:

@@ -157,7 +157,7 @@ async def _score(
         model_version=version, contributions=tuple(contributions), company_domain=facts.get("company_domain"),
         scored_at=now, grade=rules.grade, fit_score=rules.fit, engagement_score=rules.engagement,
         rules_score=rules.value, learned_probability=None if p is None else round(p, 4),
-        learned_outcomes=learned.outcomes,
+        learned_outcomes=learned.outcomes, lead=dict(facts),
     )  # fmt: skip
 
 

@@ -57,12 +57,14 @@ async def post_leads(
 
 
 def assignments_by_lead(records: Records, lead_ids: set[str]) -> dict[str, set[str]]:
-    """Distinct routing decisions (assignment ids) seen on Kafka for each of `lead_ids`."""
+    """Distinct first routing decisions (assignment ids of `assigned` events) seen on Kafka for each of `lead_ids`;
+    what follows a decision (accepted, sla_breached, reassigned...) is not a second one."""
     decisions: dict[str, set[str]] = defaultdict(set)
     for record in records:
         lead_id = record.key.decode()
-        if lead_id in lead_ids:
-            decisions[lead_id].add(orjson.loads(record.value)["assignment_id"])
+        payload = orjson.loads(record.value)
+        if lead_id in lead_ids and payload["kind"] == "assigned":
+            decisions[lead_id].add(payload["assignment_id"])
     return decisions
 
 

@@ -83,11 +83,11 @@ async def judge(
     decisions = _by_lead(routed_records, acknowledged)
     scored_at = _first_scored_at(scored_records, acknowledged)
     in_database = await _assignments(engine, acknowledged)
-    duplicates = sum(1 for ids in decisions.values() if len({assignment for assignment, _ in ids}) > 1)
+    duplicates = sum(1 for ids in decisions.values() if len({a for a, _, kind in ids if kind == "assigned"}) > 1)
     misordered = sum(
-        1 for lead, ids in decisions.items() if lead not in scored_at or min(at for _, at in ids) < scored_at[lead]
+        1 for lead, ids in decisions.items() if lead not in scored_at or min(at for _, at, _ in ids) < scored_at[lead]
     )
-    mismatched = sum(1 for lead, ids in decisions.items() if {a for a, _ in ids} != {in_database.get(lead)})
+    mismatched = sum(1 for lead, ids in decisions.items() if {a for a, _, _ in ids} != in_database.get(lead, set()))
     if mismatched:
         notes.setdefault("failures", []).append(f"{mismatched} leads whose Kafka decision differs from the database")
     return Verdict(
@@ -104,13 +104,19 @@ async def judge(
     )
 
 
-def _by_lead(records: list[ConsumerRecord[Any, Any]], leads: set[str]) -> dict[str, list[tuple[str, datetime]]]:
-    decisions: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+FIRST_DECISIONS = frozenset({"assigned", "unassigned"})
+
+
+def _by_lead(records: list[ConsumerRecord[Any, Any]], leads: set[str]) -> dict[str, list[tuple[str, datetime, str]]]:
+    decisions: dict[str, list[tuple[str, datetime, str]]] = defaultdict(list)
     for record in records:
         lead = record.key.decode()
-        if lead in leads:
-            payload = orjson.loads(record.value)
-            decisions[lead].append((payload["assignment_id"], datetime.fromisoformat(payload["routed_at"])))
+        payload = orjson.loads(record.value)
+        # A lead's first owner is announced as `assigned` (or `unassigned` while it waits); later kinds
+        # (accepted, sla_breached, reassigned...) follow a decision, they are not a second one.
+        if lead in leads and payload["kind"] in FIRST_DECISIONS:
+            at = datetime.fromisoformat(payload["routed_at"])
+            decisions[lead].append((payload["assignment_id"], at, payload["kind"]))
     return decisions
 
 
@@ -124,10 +130,14 @@ def _first_scored_at(records: list[ConsumerRecord[Any, Any]], leads: set[str]) -
     return first
 
 
-async def _assignments(engine: AsyncEngine, leads: set[str]) -> dict[str, str]:
-    query = text("SELECT lead_id, assignment_id FROM routing.assignments WHERE lead_id IN :leads").bindparams(
-        bindparam("leads", expanding=True)
-    )
+async def _assignments(engine: AsyncEngine, leads: set[str]) -> dict[str, set[str]]:
+    """Each lead's first routing decisions as the routing database recorded them (later kinds excluded)."""
+    query = text(
+        "SELECT lead_id, assignment_id FROM routing.routing_decisions WHERE lead_id IN :leads AND kind IN :kinds"
+    ).bindparams(bindparam("leads", expanding=True), bindparam("kinds", expanding=True))
+    found: dict[str, set[str]] = defaultdict(set)
     async with engine.connect() as connection:
-        rows = await connection.execute(query, {"leads": sorted(leads)})
-        return {lead: assignment for lead, assignment in rows}
+        rows = await connection.execute(query, {"leads": sorted(leads), "kinds": sorted(FIRST_DECISIONS)})
+        for lead, assignment in rows:
+            found[lead].add(assignment)
+    return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from asyncpg.exceptions import AdminShutdownError, CannotConnectNowError, ConnectionDoesNotExistError
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from shared.envelope import InvalidEvent
@@ -71,3 +71,12 @@ def test_a_database_still_recovering_is_an_outage_even_unwrapped() -> None:
 def test_a_server_shutting_down_or_a_lost_connection_is_an_outage() -> None:
     assert is_outage(AdminShutdownError("terminating connection due to administrator command"))
     assert is_outage(ConnectionDoesNotExistError("connection was closed in the middle of operation"))
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"
+
+
+def test_a_deadlock_or_serialization_conflict_is_retried_not_dead_lettered() -> None:
+    wrapped = DBAPIError("UPDATE rep_loads ...", {}, _Deadlock("deadlock detected"))
+    assert is_outage(wrapped)

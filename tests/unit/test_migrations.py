@@ -41,9 +41,39 @@ async def _tables(engine: AsyncEngine) -> set[str]:
 
 async def test_pending_migrations_are_applied_and_recorded(engine: AsyncEngine) -> None:
     applied = await migrate(engine, routing_store.MIGRATIONS, schema=SCHEMA)
-    assert applied == [1, 2]
-    assert await _history(engine) == [(1, "reps, assignments, rotations, outbox and inbox"), (2, "default pool")]
-    assert {"reps", "assignments", "rotations", "outbox", "inbox"} <= await _tables(engine)
+    assert applied == [1, 2, 3, 4]
+    assert [name for _, name in await _history(engine)][:2] == ["reps, assignments, rotations, outbox and inbox",
+                                                              "default pool"]  # fmt: skip
+    assert {"reps", "assignments", "rotations", "outbox", "inbox", "teams", "accounts"} <= await _tables(engine)
+
+
+async def test_a_database_of_the_first_schema_is_upgraded_keeping_its_rows(engine: AsyncEngine) -> None:
+    """Migration 3 adds rep profiles and routing state to tables created before they existed."""
+    old_schema = [
+        "CREATE TABLE reps (rep_id VARCHAR(64) PRIMARY KEY, name VARCHAR(200) NOT NULL, email VARCHAR(320) NOT NULL,"
+        " active BOOLEAN NOT NULL, created_at VARCHAR(40) NOT NULL)",
+        "CREATE TABLE assignments (assignment_id VARCHAR(36) PRIMARY KEY, lead_id VARCHAR(36) NOT NULL UNIQUE,"
+        " kind VARCHAR(20) NOT NULL, rep_id VARCHAR(64), score INTEGER NOT NULL, reason VARCHAR(1000) NOT NULL,"
+        " details JSON NOT NULL, decided_at VARCHAR(40) NOT NULL)",
+        "CREATE TABLE rotations (pool VARCHAR(64) PRIMARY KEY, last_rep_id VARCHAR(64))",
+        "INSERT INTO rotations VALUES ('default', NULL)",
+        "INSERT INTO reps VALUES ('rep-a', 'Aiko', 'aiko@example.com', 1, '2026-01-01T00:00:00+00:00')",
+        "INSERT INTO assignments VALUES ('a-1', 'lead-1', 'assigned', 'rep-a', 70, 'r', '{}',"
+        " '2026-01-01T00:00:00+00:00')",
+    ]
+    await migrate(engine, [_sql(1, "; ".join(old_schema[:1])), *[_sql(n, sql) for n, sql in [
+        (2, old_schema[1])]]], schema=SCHEMA)  # fmt: skip
+    async with engine.begin() as connection:
+        for statement in old_schema[2:]:
+            await connection.execute(text(statement))
+    assert await migrate(engine, routing_store.MIGRATIONS, schema=SCHEMA) == [3, 4]
+    async with engine.connect() as connection:
+        rep = (await connection.execute(select(routing_store.reps))).mappings().one()
+        lead = (await connection.execute(select(routing_store.assignments))).mappings().one()
+        load = (await connection.execute(select(routing_store.rep_loads))).mappings().one()
+    assert (rep["name"], rep["weight"], rep["timezone"]) == ("Aiko", 1, "UTC")
+    assert (lead["lead_id"], lead["status"]) == ("lead-1", "assigned")
+    assert (load["rep_id"], load["open_leads"]) == ("rep-a", 1)  # the lead it already carries
 
 
 async def test_second_run_applies_nothing(engine: AsyncEngine) -> None:

@@ -1,0 +1,130 @@
+"""Routing on real PostgreSQL with two replicas (two engines, as two processes would have): caps are never
+exceeded under concurrent assignment, and an SLA timer fires once, after a restart, whoever runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from services.routing import admin, store
+from services.routing.rules import RoutingPolicy
+from services.routing.schemas import RepIn
+from services.routing.service import fire_due_sla_timers, route_scored_lead
+from shared.db import make_engine, make_sessions, migrate
+from shared.events import LeadRoutedV1, LeadScoredV1
+from shared.failures import is_outage
+from shared.uow import UnitOfWork
+
+Replicas = tuple[UnitOfWork, UnitOfWork]
+
+
+@pytest.fixture
+async def schema(database_url: str) -> str:
+    """A fresh routing schema, migrated."""
+    name = f"routing_{uuid.uuid4().hex[:8]}"
+    engine = make_engine(database_url, schema=name)
+    await migrate(engine, store.MIGRATIONS, schema=name)
+    await engine.dispose()
+    return name
+
+
+@contextlib.asynccontextmanager
+async def _replicas(database_url: str, schema: str) -> AsyncIterator[Replicas]:
+    """Two units of work on one routing schema, each with its own engine and pool, as two processes have."""
+    engines = [make_engine(database_url, schema=schema) for _ in range(2)]
+    try:
+        first, second = (
+            UnitOfWork(make_sessions(engine), store.metadata, source="/baton/routing") for engine in engines
+        )
+        yield first, second
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+def _scored(lead_id: str, **lead: Any) -> LeadScoredV1:
+    return LeadScoredV1(
+        lead_id=lead_id, score=80, verdict="qualified", model_version="1", contributions=(),
+        scored_at=datetime.now(UTC), grade="A1", lead={"lead_id": lead_id, "email": f"{lead_id}@example.com", **lead},
+    )  # fmt: skip
+
+
+async def _with_retries(work: Callable[[], Awaitable[None]]) -> None:
+    """What the consumer does: a transaction that lost a conflict (deadlock, duplicate delivery) is tried again."""
+    for attempt in range(20):
+        try:
+            await work()
+            return
+        except Exception as exc:
+            if not is_outage(exc) and "duplicate key" not in str(exc):
+                raise
+            await asyncio.sleep(0.01 * (attempt + 1))  # poll: back off before the retry, as the consumer does
+    raise AssertionError("a transaction kept failing")
+
+
+async def _route(uow: UnitOfWork, scored: LeadScoredV1) -> None:
+    async def work() -> None:
+        async with uow.transaction() as tx:
+            await route_scored_lead(tx, scored)
+
+    await _with_retries(work)
+
+
+async def _events(uow: UnitOfWork) -> list[LeadRoutedV1]:
+    async with uow.read() as session:
+        outbox = store.metadata.tables["outbox"]
+        rows = (await session.execute(select(outbox.c.value).order_by(outbox.c.id))).scalars().all()
+    return [LeadRoutedV1.model_validate_json(value) for value in rows]
+
+
+async def test_concurrent_assignment_on_two_replicas_never_exceeds_a_cap(database_url: str, schema: str) -> None:
+    caps = {"rep-a": 4, "rep-b": 3, "rep-c": 3}
+    async with _replicas(database_url, schema) as (first, second):
+        for rep_id, cap in caps.items():
+            weight = 3 if rep_id == "rep-a" else 1
+            await admin.save_rep(first, RepIn(name=rep_id, email=f"{rep_id}@example.com", max_open=cap, weight=weight),
+                                 rep_id=rep_id)  # fmt: skip
+        async with first.transaction() as tx:
+            await store.upsert_account(tx.session, domain="acme.example", rep_id="rep-a", name=None,
+                                       now=datetime.now(UTC))  # fmt: skip
+        # 60 leads, a third from rep-a's account (a path that skips the pool's lock), each delivered to both
+        # replicas at once, as a rebalance can.
+        leads = [_scored(f"lead-{n}", company_domain="acme.example" if n % 3 == 0 else None) for n in range(60)]
+        await asyncio.gather(*(_route(replica, lead) for lead in leads for replica in (first, second)))
+
+        async with first.read() as session:
+            states = (await session.execute(select(store.assignments))).mappings().all()
+            loads = {row["rep_id"]: row["open_leads"] for row in await store.list_reps(session)}
+        events = await _events(first)
+    held = Counter(row["rep_id"] for row in states if row["status"] == "assigned")
+    assert len(states) == 60  # one routing state per lead, never two
+    assert held == caps == loads
+    assert sum(1 for row in states if row["status"] == "queued") == 50
+    first_decisions = [event.lead_id for event in events if event.kind in ("assigned", "unassigned")]
+    assert sorted(first_decisions) == sorted(lead.lead_id for lead in leads)
+
+
+async def test_an_sla_timer_fires_once_after_a_restart_with_two_replicas_racing(database_url: str, schema: str) -> None:
+    async with _replicas(database_url, schema) as (first, _):
+        for rep_id in ("rep-a", "rep-b"):
+            await admin.save_rep(first, RepIn(name=rep_id, email=f"{rep_id}@example.com"), rep_id=rep_id)
+        policy = RoutingPolicy.model_validate({"rules": [{"id": "all"}], "sla_minutes": {"A": 1, "default": 60}})
+        await admin.activate_policy(first, version=await admin.create_policy(first, name="fast", policy=policy))
+        await _route(first, _scored("lead-sla"))
+
+    # Both replicas restarted (new engines, nothing in memory); past the deadline they race for the timer.
+    async with _replicas(database_url, schema) as (first, second):
+        later = datetime.now(UTC) + timedelta(minutes=2)
+        fired = await asyncio.gather(*(fire_due_sla_timers(replica, now=later) for replica in (first, second)))
+        events = await _events(first)
+    assert sum(fired) == 1
+    assert [(event.kind, event.rep_id) for event in events] == [
+        ("assigned", "rep-a"), ("sla_breached", "rep-a"), ("reassigned", "rep-b")]  # fmt: skip
