@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from shared.dlq import replay_dead_letters
 from shared.topics import LEADS_CAPTURED, LEADS_OUTCOMES, LEADS_ROUTED, LEADS_SCORED, dead_letter_topic
 from tests.faults.cluster import FaultContext
-from tests.support.kafka_reader import header, read_topic
+from tests.support.kafka_reader import committed_offset, header, read_topic
 
 Step = Callable[[FaultContext], Awaitable[None]]
 
@@ -159,6 +159,10 @@ async def rebalance_routing(ctx: FaultContext) -> None:
 # --- poison messages, and a dead letter replayed after its cause is fixed ----------------------------------------
 
 POISONED_TOPICS = (LEADS_CAPTURED, LEADS_SCORED, LEADS_ROUTED, LEADS_OUTCOMES)
+# feedback consumes every topic and alone consumes leads.routed; after a broker outage it may still be working
+# through a backlog, so "it got past the poison" is awaited on its committed offset, with a catch-up deadline.
+FEEDBACK_GROUP = "baton-feedback"
+POISON_CATCH_UP_SECONDS = 180.0
 
 
 async def dead_letter_a_lead(ctx: FaultContext) -> None:
@@ -190,8 +194,10 @@ async def poison_and_replay(ctx: FaultContext) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        for topic, key in keys.items():
-            await producer.send_and_wait(topic, value=b"\xffnot an event", key=key)
+        placed = {
+            topic: await producer.send_and_wait(topic, value=b"\xffnot an event", key=key)
+            for topic, key in keys.items()
+        }
     finally:
         await producer.stop()
     event_id = str(ctx.notes["dead_lettered_event"])
@@ -199,11 +205,30 @@ async def poison_and_replay(ctx: FaultContext) -> None:
     ctx.notes["replayed"] = [
         await replay_dead_letters(bootstrap, dead_letter_topic(LEADS_SCORED), event_ids=[event_id]) for _ in range(2)
     ]
+    for topic, metadata in placed.items():
+        where = TopicPartition(topic, metadata.partition)
+        if not await _committed_past(bootstrap, FEEDBACK_GROUP, where, metadata.offset):
+            committed = await committed_offset(bootstrap, FEEDBACK_GROUP, where)
+            ctx.failures.append(
+                f"{FEEDBACK_GROUP} never got past the poison at {topic}[{where.partition}]@{metadata.offset}"
+                f" within {POISON_CATCH_UP_SECONDS:.0f}s (committed offset {committed})"
+            )
     for topic, key in keys.items():
         letters = await read_topic(bootstrap, dead_letter_topic(topic), until=_has_key(key))
         if not any(letter.key == key for letter in letters):
             ctx.failures.append(f"poison on {topic} never reached {dead_letter_topic(topic)}")
     ctx.cleared_at = time.monotonic()
+
+
+async def _committed_past(bootstrap: str, group_id: str, partition: TopicPartition, offset: int) -> bool:
+    """Poll until the group has committed beyond `offset` on `partition` (the consumer commits only after it has
+    applied or dead-lettered a record); False if the deadline passes first."""
+    deadline = time.monotonic() + POISON_CATCH_UP_SECONDS
+    while time.monotonic() < deadline:
+        if await committed_offset(bootstrap, group_id, partition) > offset:
+            return True
+        await asyncio.sleep(0.5)  # poll
+    return False
 
 
 def _has_key(key: bytes) -> Callable[[list[Any]], bool]:

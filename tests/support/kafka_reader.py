@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 
 async def read_topic(
@@ -44,6 +45,18 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float) ->
             return [TopicPartition(topic, number) for number in sorted(numbers)]
         await asyncio.sleep(0.1)  # poll
     raise AssertionError(f"topic {topic} does not exist")
+
+
+async def committed_offset(bootstrap_servers: str, group_id: str, partition: TopicPartition) -> int:
+    """The offset `group_id` last committed on `partition` (-1 if none): everything before it was handled."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group_id, partitions=[partition])
+    finally:
+        await admin.close()
+    committed = offsets.get(partition)
+    return -1 if committed is None else int(committed.offset)
 
 
 def header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
