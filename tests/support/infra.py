@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import uuid
@@ -15,10 +16,30 @@ PG_SCRIPT = ROOT / "deploy" / "postgres" / "pg.sh"
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port nobody uses right now, below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken, before the service binds it, as the
+    source port of any outgoing connection — a pooled database or Kafka connection then holds it for minutes.
+    """
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12_000), low))
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def _run_script(script: Path, command: str, env: dict[str, str], *, timeout: float = 600) -> str:
