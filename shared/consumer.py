@@ -43,6 +43,7 @@ class EventConsumer:
         timeout_seconds: float = 10.0,
         max_backoff_seconds: float = 5.0,
         failpoints: Failpoints | None = None,
+        raw_topics: Mapping[str, str] | None = None,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._group_id = group_id
@@ -56,6 +57,8 @@ class EventConsumer:
         self._backoff = 0.1
         self._failpoints = failpoints or Failpoints()
         self._stopping = False
+        # Topics outside tools write plain JSON to: records without CloudEvents headers become events of this type.
+        self._raw_topics = dict(raw_topics or {})
 
     def stop(self) -> None:
         """Ask the loop to end at its next step (cancellation alone can be swallowed by wait_for on 3.11)."""
@@ -116,7 +119,7 @@ class EventConsumer:
 
     async def _handle(self, record: ConsumerRecord[Any, Any]) -> None:
         try:
-            event = CloudEvent.from_kafka(record.key, record.value, record.headers)
+            event = self._event_of(record)
         except InvalidEvent as exc:
             await self._dead_letter(record, exc)
             return
@@ -125,6 +128,19 @@ class EventConsumer:
             log.info("ignoring %s event %s on %s", event.type, event.id, record.topic)
             return
         await self._apply_with_retries(record, event, handler)
+
+    def _event_of(self, record: ConsumerRecord[Any, Any]) -> CloudEvent:
+        raw_type = self._raw_topics.get(record.topic)
+        if raw_type is None or any(name == "ce_id" for name, _ in record.headers):
+            return CloudEvent.from_kafka(record.key, record.value, record.headers)
+        return CloudEvent.from_plain_json(
+            record.value,
+            type=raw_type,
+            source=f"kafka:{record.topic}",
+            # The record's place in the log is its identity: a redelivery is recognised by the inbox.
+            event_id=f"{record.topic}:{record.partition}:{record.offset}",
+            subject=record.key.decode(errors="replace") if record.key else "",
+        )
 
     async def _apply_with_retries(self, record: ConsumerRecord[Any, Any], event: CloudEvent, handler: Handler) -> None:
         for attempt in range(1, self._max_attempts + 1):

@@ -64,6 +64,12 @@ class CloudEvent:
         }
 
     @classmethod
+    def from_plain_json(cls, value: bytes | None, *, type: str, source: str, event_id: str, subject: str) -> CloudEvent:
+        """An event made from a record an outside tool wrote as a plain JSON object; raises InvalidEvent."""
+        data = _decode_data(value)
+        return cls(type=type, source=source, subject=str(data.get("lead_id") or subject), data=data, id=event_id)
+
+    @classmethod
     def from_kafka(
         cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | tuple[Any, ...]
     ) -> CloudEvent:

@@ -161,7 +161,9 @@ class LeadRoutedV1(EventPayload):
     lead: dict[str, Any] = {}
 
 
-OutcomeKind = Literal["accepted", "contacted", "meeting_booked", "qualified", "disqualified", "won", "lost", "recycled"]
+OutcomeKind = Literal[
+    "accepted", "contacted", "meeting_booked", "qualified", "disqualified", "won", "lost", "recycled", "reopened"
+]
 
 
 class OutcomeRecordedV1(EventPayload):

@@ -38,6 +38,7 @@ class ServiceRuntime:
         consumes: Sequence[str] = (),
         handlers: Mapping[str, Handler] | None = None,
         background: Sequence[Callable[[UnitOfWork], Coroutine[Any, Any, None]]] = (),
+        raw_topics: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self._metadata = metadata
@@ -45,6 +46,7 @@ class ServiceRuntime:
         self._consumes = tuple(consumes)
         self._handlers = dict(handlers or {})
         self._background = tuple(background)
+        self._raw_topics = dict(raw_topics or {})
         self._tasks: list[asyncio.Task[None]] = []
         self._publishers: list[KafkaPublisher] = []
         self._engine: AsyncEngine | None = None
@@ -107,13 +109,16 @@ class ServiceRuntime:
             max_attempts=self.settings.consumer_max_attempts,
             timeout_seconds=self.settings.broker_timeout_seconds,
             failpoints=self._failpoints,
+            raw_topics=self._raw_topics,
         )
         self._consumer = consumer
         await consumer.run()
 
     async def _ensure_topics(self) -> None:
         # The broker may be down at start-up: keep trying, the outbox buffers meanwhile.
-        wanted = [*ALL_TOPICS, *(dead_letter_topic(topic) for topic in self._consumes)]
+        wanted = list(
+            dict.fromkeys([*ALL_TOPICS, *self._consumes, *(dead_letter_topic(topic) for topic in self._consumes)])
+        )
         delay = 0.2
         while True:
             try:

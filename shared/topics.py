@@ -10,6 +10,10 @@ LEADS_OUTCOMES: Final = "leads.outcomes"
 
 ALL_TOPICS: Final = (LEADS_CAPTURED, LEADS_ACTIVITY, LEADS_SCORED, LEADS_ROUTED, LEADS_OUTCOMES)
 
+# Written by sales tools, not by Baton: outcomes as plain JSON (the body of POST /v1/outcomes), CloudEvents optional.
+SALES_OUTCOMES: Final = "sales.outcomes"
+INBOUND_TOPICS: Final = (SALES_OUTCOMES,)
+
 
 def dead_letter_topic(topic: str) -> str:
     """Name of the topic that holds the dead letters of `topic`."""

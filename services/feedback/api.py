@@ -4,47 +4,27 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel
 
 from services.feedback import store
+from services.feedback.schemas import OutcomeIn
 from services.feedback.service import record_outcome
 from shared.app import UowDep
 from shared.auth import PrincipalDep
-from shared.envelope import utc_now
-from shared.events import OutcomeKind, OutcomeRecordedV1
 from shared.problems import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
-
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
-
-
-class OutcomeIn(BaseModel):
-    """What a sales tool reports about a lead."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lead_id: Annotated[str, StringConstraints(min_length=1, max_length=36)]
-    kind: OutcomeKind
-    amount: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2)] | None = None
-    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
-    reason: Text | None = None
-    competitor: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = None
-    rep_id: Annotated[str, StringConstraints(max_length=64)] | None = None
-    external_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
-    occurred_at: AwareDatetime | None = None
 
 
 class OutcomeAccepted(BaseModel):
     """The answer to an outcome."""
 
     outcome_id: str
-    status: Literal["recorded", "duplicate"]
+    status: Literal["recorded", "duplicate", "pending"]
 
 
 class JourneyStepOut(BaseModel):
@@ -67,24 +47,16 @@ class Timeline(BaseModel):
 @router.post("/outcomes", status_code=202, response_model=OutcomeAccepted)
 async def post_outcome(body: OutcomeIn, response: Response, uow: UowDep, _: PrincipalDep) -> OutcomeAccepted:
     """Record a sales outcome; repeating a tool's external_id returns the first answer."""
-    _require_amount_when_won(body)
-    outcome = OutcomeRecordedV1(
-        outcome_id=str(uuid.uuid4()),
-        **body.model_dump(exclude={"occurred_at"}),
-        occurred_at=body.occurred_at or utc_now(),
-    )
+    try:
+        outcome = body.as_event(outcome_id=str(uuid.uuid4()))
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", name), "msg": "required when kind is won", "type": "missing"} for name in exc.args[0]]
+        ) from exc
     outcome_id, status = await record_outcome(uow, outcome)
     if status == "duplicate":
         response.status_code = 200
     return OutcomeAccepted(outcome_id=outcome_id, status=status)
-
-
-def _require_amount_when_won(body: OutcomeIn) -> None:
-    missing = [name for name in ("amount", "currency") if body.kind == "won" and getattr(body, name) is None]
-    if missing:
-        raise RequestValidationError(
-            [{"loc": ("body", name), "msg": "required when kind is won", "type": "missing"} for name in missing]
-        )
 
 
 @router.get("/leads/{lead_id}/timeline", response_model=Timeline)

@@ -17,5 +17,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrations=store.MIGRATIONS,
         consumes=handlers.CONSUMES,
         handlers=handlers.HANDLERS,
+        raw_topics=handlers.RAW_TOPICS,
     )
     return build_app(runtime, title="Baton feedback", routers=[api.router])

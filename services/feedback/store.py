@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, fields
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
+    Float,
     Index,
     Integer,
     MetaData,
     Numeric,
     String,
     Table,
+    delete,
     select,
+    update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.feedback.aggregates import AMOUNT_METRICS, METRICS, Delta, LeadCard, changes
 from services.feedback.domain import JourneyStep
 from shared.db import Migration, UtcDateTime, create_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 metadata = MetaData()
 add_messaging_tables(metadata)
+
+_CARD_FIELDS = tuple(item.name for item in fields(LeadCard))
+_TIME_FIELDS = tuple(name for name in _CARD_FIELDS if name.endswith("_at") and name != "captured_at")
+_TEXT_FIELDS = ("email", "source", "medium", "campaign", "last_campaign", "form", "country", "region", "company_size",
+                "industry", "seniority", "competitor", "grade", "verdict", "rep_id", "team", "currency", "lost_reason",
+                "lost_to")  # fmt: skip
 
 timeline = Table(
     "timeline",
@@ -56,11 +70,159 @@ outcomes = Table(
     Column("recorded_at", UtcDateTime(), nullable=False),
 )
 
+# One card per lead: what reports group by and search filters on (see aggregates.LeadCard).
+lead_cards = Table(
+    "lead_cards",
+    metadata,
+    Column("lead_id", String(36), primary_key=True),
+    Column("captured_at", UtcDateTime(), nullable=False),
+    Column("day", String(10), nullable=False),
+    *(Column(name, String(320)) for name in _TEXT_FIELDS),
+    Column("interests", JSON, nullable=False),
+    Column("score", Integer),
+    Column("predicted", Float),
+    Column("state", String(20), nullable=False),
+    Column("stage", String(20), nullable=False),
+    *(Column(name, UtcDateTime()) for name in _TIME_FIELDS),
+    Column("won_amount", Numeric(18, 2)),
+    Column("recycled", Integer, nullable=False),
+    Column("recycled_requalified", Boolean, nullable=False),
+    Column("recycled_won", Boolean, nullable=False),
+    Column("sla_missed_by", JSON, nullable=False),
+    Column("sla_met", Boolean, nullable=False),
+)
+Index("ix_lead_cards_search", lead_cards.c.captured_at, lead_cards.c.lead_id)
+Index("ix_lead_cards_state", lead_cards.c.state, lead_cards.c.captured_at)
+Index("ix_lead_cards_rep", lead_cards.c.rep_id, lead_cards.c.captured_at)
+Index("ix_lead_cards_campaign", lead_cards.c.campaign, lead_cards.c.captured_at)
+
+# Report aggregates: per capture day, dimension and value, every metric's running total (aggregates.METRICS).
+report_cells = Table(
+    "report_cells",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("dimension", String(30), primary_key=True),
+    Column("value", String(320), primary_key=True),
+    *(Column(name, Numeric(20, 4) if name in AMOUNT_METRICS else Integer, nullable=False, server_default="0")
+      for name in METRICS),
+)  # fmt: skip
+Index("ix_report_cells_dimension_day", report_cells.c.dimension, report_cells.c.day)
+
+# Outcomes that arrived before their lead: applied when the lead is captured.
+pending_outcomes = Table(
+    "pending_outcomes",
+    metadata,
+    Column("outcome_id", String(36), primary_key=True),
+    Column("lead_id", String(36), nullable=False, index=True),
+    Column("event", JSON, nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+)
+
+# Targets sales and marketing own together.
+goals = Table(
+    "goals",
+    metadata,
+    Column("goal_id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("metric", String(40), nullable=False),
+    Column("target", Numeric(20, 4), nullable=False),
+    Column("period_start", String(10), nullable=False),
+    Column("period_end", String(10), nullable=False),
+    Column("dimension", String(30), nullable=False),
+    Column("value", String(320), nullable=False),
+    Column("owners", JSON, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
 MIGRATIONS = (
     Migration(
         1, "timeline, outcomes, outbox and inbox", create_tables(metadata, "timeline", "outcomes", OUTBOX, INBOX)
     ),
+    Migration(
+        2,
+        "lead cards, report cells, pending outcomes, goals",
+        create_tables(metadata, "lead_cards", "report_cells", "pending_outcomes", "goals"),
+    ),
 )
+
+# --- cards and aggregates --------------------------------------------------------------------------------------------
+
+
+def card_values(card: LeadCard) -> dict[str, Any]:
+    """A card as column values."""
+    values = asdict(card)
+    values["interests"] = list(card.interests)
+    values["sla_missed_by"] = list(card.sla_missed_by)
+    values["day"] = card.day
+    return values
+
+
+def card_from_row(row: Mapping[str, Any]) -> LeadCard:
+    """A stored card."""
+    values = {name: row[name] for name in _CARD_FIELDS}
+    values["interests"] = tuple(row["interests"] or ())
+    values["sla_missed_by"] = tuple(row["sla_missed_by"] or ())
+    return LeadCard(**values)
+
+
+async def load_card(session: AsyncSession, *, lead_id: str, for_update: bool = False) -> LeadCard | None:
+    """The lead's card, locked for this transaction with `for_update`."""
+    query = select(lead_cards).where(lead_cards.c.lead_id == lead_id)
+    row = (await session.execute(query.with_for_update() if for_update else query)).mappings().first()
+    return card_from_row(dict(row)) if row else None
+
+
+async def save_card(session: AsyncSession, before: LeadCard | None, after: LeadCard) -> None:
+    """Store the card and move the report cells by the difference it makes."""
+    if before is None:
+        await session.execute(lead_cards.insert().values(**card_values(after)))
+    elif before != after:
+        await session.execute(
+            update(lead_cards).where(lead_cards.c.lead_id == after.lead_id).values(**card_values(after))
+        )
+    await add_to_cells(session, changes(before, after))
+
+
+async def add_to_cells(session: AsyncSession, deltas: Sequence[Delta]) -> None:
+    """Add each delta to its cell (created at zero if new), in one statement."""
+    if not deltas:
+        return
+    rows = [{"day": d.day, "dimension": d.dimension, "value": d.value[:320], **_full(d.amounts)} for d in deltas]
+    dialect = session.bind.dialect.name
+    insert = postgresql.insert(report_cells) if dialect == "postgresql" else sqlite.insert(report_cells)
+    statement = insert.values(rows)
+    moved = sorted({name for d in deltas for name in d.amounts})
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["day", "dimension", "value"],
+            set_={name: report_cells.c[name] + statement.excluded[name] for name in moved},
+        )
+    )
+
+
+def _full(amounts: Mapping[str, Any]) -> dict[str, Any]:
+    # A multi-row insert needs the same columns in every row.
+    return {name: amounts.get(name, 0) for name in METRICS}
+
+
+async def hold_outcome(
+    session: AsyncSession, *, outcome_id: str, lead_id: str, event: dict[str, Any], at: datetime
+) -> None:
+    """Keep an outcome whose lead is not known yet."""
+    await session.execute(
+        pending_outcomes.insert().values(outcome_id=outcome_id, lead_id=lead_id, event=event, received_at=at)
+    )
+
+
+async def take_pending_outcomes(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:
+    """The outcomes waiting for this lead, oldest first, removed."""
+    query = (
+        select(pending_outcomes).where(pending_outcomes.c.lead_id == lead_id).order_by(pending_outcomes.c.received_at)
+    )
+    rows = [dict(row) for row in (await session.execute(query)).mappings()]
+    if rows:
+        await session.execute(delete(pending_outcomes).where(pending_outcomes.c.lead_id == lead_id))
+    return [row["event"] for row in rows]
 
 
 async def add_step(session: AsyncSession, *, event_id: str, step: JourneyStep) -> None:

@@ -12,6 +12,7 @@ from services.feedback import store
 from services.feedback.handlers import HANDLERS
 from services.feedback.service import record_outcome
 from shared.envelope import CloudEvent
+from shared.problems import ProblemError
 from shared.events import EventPayload, LeadCapturedV1, LeadRoutedV1, OutcomeRecordedV1, parse_payload
 from shared.topics import LEADS_OUTCOMES
 from shared.uow import UnitOfWork
@@ -53,31 +54,53 @@ def _event(payload: EventPayload) -> CloudEvent:
     return payload.to_event(source="/baton/test")
 
 
+async def _captured(uow: UnitOfWork) -> None:
+    await _consume(uow, _event(LeadCapturedV1(lead_id="lead-1", email="ada@acme.test", captured_at=T0)))
+
+
 async def test_outcome_is_recorded_announced_and_added_to_the_journey(uow: UnitOfWork) -> None:
+    await _captured(uow)
     assert await record_outcome(uow, _won("o-1")) == ("o-1", "recorded")
     [event] = await outbox_events(uow, store.metadata)
     assert parse_payload(event, OutcomeRecordedV1) == _won("o-1")
-    assert await _steps(uow) == ["outcome:won"]
+    assert await _steps(uow) == ["captured", "outcome:won"]
 
 
 async def test_repeated_external_id_returns_the_first_outcome_and_changes_nothing(uow: UnitOfWork) -> None:
+    await _captured(uow)
     await record_outcome(uow, _won("o-1"))
     assert await record_outcome(uow, _won("o-2")) == ("o-1", "duplicate")
     assert len(await outbox_events(uow, store.metadata)) == 1
-    assert await _steps(uow) == ["outcome:won"]
+    assert await _steps(uow) == ["captured", "outcome:won"]
 
 
-async def test_outcomes_without_external_id_are_never_duplicates(uow: UnitOfWork) -> None:
+async def test_outcomes_without_external_id_are_never_duplicates_but_the_lifecycle_still_applies(
+    uow: UnitOfWork,
+) -> None:
+    await _captured(uow)
     await record_outcome(uow, _won("o-1", external_id=None))
-    assert await record_outcome(uow, _won("o-2", external_id=None)) == ("o-2", "recorded")
+    with pytest.raises(ProblemError) as again:
+        await record_outcome(uow, _won("o-2", external_id=None))
+    assert again.value.status == 409 and again.value.extensions["current_state"] == "won"
 
 
 async def test_own_outcome_coming_back_from_the_topic_is_not_a_second_step(uow: UnitOfWork) -> None:
+    await _captured(uow)
     await record_outcome(uow, _won("o-1"))
     [event] = await outbox_events(uow, store.metadata)
     async with uow.transaction() as tx:
         assert await tx.mark_processed(event.id, topic=LEADS_OUTCOMES) is False
-    assert await _steps(uow) == ["outcome:won"]
+    assert await _steps(uow) == ["captured", "outcome:won"]
+
+
+async def test_an_outcome_before_its_lead_is_kept_and_applied_when_the_lead_arrives(uow: UnitOfWork) -> None:
+    assert await record_outcome(uow, _won("o-1")) == ("o-1", "pending")
+    assert await _steps(uow) == []
+    await _captured(uow)
+    assert await _steps(uow) == ["captured", "outcome:won"]
+    async with uow.read() as session:
+        card = await store.load_card(session, lead_id="lead-1")
+    assert card is not None and (card.state, card.won_amount) == ("won", Decimal("1200.50"))
 
 
 async def test_journey_lists_steps_in_the_order_they_happened(uow: UnitOfWork) -> None:
@@ -106,7 +129,7 @@ async def test_redelivered_event_adds_one_step(uow: UnitOfWork) -> None:
 
 
 async def test_journey_orders_steps_by_instant_whatever_their_offset(uow: UnitOfWork) -> None:
-    await _consume(uow, _event(LeadCapturedV1(lead_id="lead-1", email="ada@acme.test", captured_at=T0)))
+    await _captured(uow)
     earlier = datetime(2024, 5, 1, 10, 30, tzinfo=timezone(timedelta(hours=2)))
     await record_outcome(uow, _won("o-1", occurred_at=earlier))
     assert await _steps(uow) == ["outcome:won", "captured"]
