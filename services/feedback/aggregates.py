@@ -156,11 +156,16 @@ def contributions(card: LeadCard | None) -> dict[Cell, dict[str, float | Decimal
     if card is None:
         return {}
     metrics = _metrics(card)
+    if card.sla_missed_by:
+        metrics["sla_missed"] = len(card.sla_missed_by)
     cells: dict[Cell, dict[str, float | Decimal]] = {}
     for dimension in DIMENSIONS:
         for value in _values(card, dimension):
             cells[(dimension, value)] = dict(metrics)
-    # A miss belongs to the rep who missed, not to whoever has the lead now.
+    # Per rep, a miss belongs to the rep who missed, not to whoever has the lead now.
+    for cell in cells:
+        if cell[0] == "rep":
+            cells[cell].pop("sla_missed", None)
     for rep_id, misses in _count(card.sla_missed_by).items():
         cell = cells.setdefault(("rep", rep_id), {})
         cell["sla_missed"] = cell.get("sla_missed", 0) + misses

@@ -12,8 +12,8 @@ from services.feedback import store
 from services.feedback.handlers import HANDLERS
 from services.feedback.service import record_outcome
 from shared.envelope import CloudEvent
-from shared.problems import ProblemError
 from shared.events import EventPayload, LeadCapturedV1, LeadRoutedV1, OutcomeRecordedV1, parse_payload
+from shared.problems import ProblemError
 from shared.topics import LEADS_OUTCOMES
 from shared.uow import UnitOfWork
 from tests.unit.fakes import migrated_unit_of_work, outbox_events
