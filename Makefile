@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults bench bench-routing bench-scoring lint unit integration e2e install kafka-install browser-deps clean
+.PHONY: run test test-faults bench bench-routing bench-feedback bench-scoring lint unit integration e2e install kafka-install browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: install kafka-install
 ## bench-routing: assignments/s of the routing consumer, leads.scored -> leads.routed latency, fairness spread
 bench-routing: install kafka-install
 	$(PY) bench/routing_throughput.py
+
+## bench-feedback: p50/p95/p99 of reports over 1,000,000 leads' aggregates in PostgreSQL (BENCH_LEADS=...), the
+## aggregates checked against full scans, and events/s of the feedback consumer
+bench-feedback: install kafka-install
+	$(PY) bench/feedback_reports.py
 
 ## bench-scoring: ROC AUC and top-decile lift of Baton's scores vs the rules alone and naive Bayes, on a lead file
 ## with outcomes: make bench-scoring DATA=leads.csv [BENCH_ARGS='--label-column Converted --positive 1 ...']

@@ -163,12 +163,12 @@ def contributions(card: LeadCard | None) -> dict[Cell, dict[str, float | Decimal
         for value in _values(card, dimension):
             cells[(dimension, value)] = dict(metrics)
     # Per rep, a miss belongs to the rep who missed, not to whoever has the lead now.
-    for cell in cells:
-        if cell[0] == "rep":
-            cells[cell].pop("sla_missed", None)
+    for key, amounts in cells.items():
+        if key[0] == "rep":
+            amounts.pop("sla_missed", None)
     for rep_id, misses in _count(card.sla_missed_by).items():
-        cell = cells.setdefault(("rep", rep_id), {})
-        cell["sla_missed"] = cell.get("sla_missed", 0) + misses
+        missed = cells.setdefault(("rep", rep_id), {})
+        missed["sla_missed"] = missed.get("sla_missed", 0) + misses
     return cells
 
 
