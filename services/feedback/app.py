@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from services.feedback import api, goals_api, handlers, reports_api, search_api, store
+from services.feedback import api, dashboard, goals_api, handlers, reports_api, search_api, store
 from services.feedback.settings import Settings
 from shared.app import build_app
 from shared.runtime import ServiceRuntime
@@ -19,5 +19,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         handlers=handlers.HANDLERS,
         raw_topics=handlers.RAW_TOPICS,
     )
-    routers = [api.router, reports_api.router, goals_api.router, search_api.router]
+    routers = [api.router, reports_api.router, goals_api.router, search_api.router, dashboard.router]
     return build_app(runtime, title="Baton feedback", routers=routers)
