@@ -34,6 +34,10 @@ class Failpoints:
     def __init__(self, spec: str = "") -> None:
         self._points = dict(_parse(item) for item in spec.split(",") if item.strip())
 
+    def armed(self, name: str) -> bool:
+        """True if a failpoint is set at `name`."""
+        return name in self._points
+
     def hit(self, name: str) -> None:
         """Pass through the named place: exit the process or raise if a failpoint there says so."""
         point = self._points.get(name)

@@ -53,6 +53,22 @@ class Transaction:
             "created_at": utc_now(),
         }
 
+    async def mark_all_processed(self, events: Sequence[tuple[str, str]]) -> set[str]:
+        """Record many consumed (event id, topic) pairs at once; returns the ids not applied before (the rest are
+        redeliveries that must change nothing). An id repeated within `events` counts once."""
+        wanted = list(dict.fromkeys(event_id for event_id, _ in events))
+        if not wanted:
+            return set()
+        query = select(self._inbox.c.event_id).where(self._inbox.c.event_id.in_(wanted))
+        seen = set((await self.session.scalars(query)).all())
+        topics = dict(events)
+        fresh = [event_id for event_id in wanted if event_id not in seen]
+        if fresh:
+            now = utc_now()
+            rows = [{"event_id": event_id, "topic": topics[event_id], "processed_at": now} for event_id in fresh]
+            await self.session.execute(self._inbox.insert(), rows)
+        return set(fresh)
+
     async def mark_processed(self, event_id: str, *, topic: str) -> bool:
         """Record a consumed event; False if it was already applied (a redelivery that must change nothing)."""
         seen = await self.session.scalar(select(self._inbox.c.event_id).where(self._inbox.c.event_id == event_id))

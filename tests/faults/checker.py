@@ -111,10 +111,12 @@ def _by_lead(records: list[ConsumerRecord[Any, Any]], leads: set[str]) -> dict[s
     decisions: dict[str, list[tuple[str, datetime, str]]] = defaultdict(list)
     for record in records:
         lead = record.key.decode()
+        if lead not in leads:
+            continue
         payload = orjson.loads(record.value)
         # A lead's first owner is announced as `assigned` (or `unassigned` while it waits); later kinds
         # (accepted, sla_breached, reassigned...) follow a decision, they are not a second one.
-        if lead in leads and payload["kind"] in FIRST_DECISIONS:
+        if payload["kind"] in FIRST_DECISIONS:
             at = datetime.fromisoformat(payload["routed_at"])
             decisions[lead].append((payload["assignment_id"], at, payload["kind"]))
     return decisions
