@@ -2,29 +2,60 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.feedback.aggregates import METRICS, LeadCard
-from services.feedback.store import card_from_row, goals, lead_cards, report_cells
+from services.feedback.store import card_from_row, goals, lead_cards, report_cells, report_cells_monthly
 
 
 async def summed_cells(
     session: AsyncSession, *, dimension: str, day_from: str, day_to: str
 ) -> dict[str, dict[str, Any]]:
-    """Every metric summed per value of `dimension` over capture days [day_from, day_to] (ISO dates, inclusive)."""
-    columns = [func.sum(report_cells.c[name]).label(name) for name in METRICS]
-    query = (
-        select(report_cells.c.value, *columns)
-        .where(report_cells.c.dimension == dimension, report_cells.c.day >= day_from, report_cells.c.day <= day_to)
-        .group_by(report_cells.c.value)
-    )
-    rows = (await session.execute(query)).mappings()
-    return {row["value"]: {name: row[name] or 0 for name in METRICS} for row in rows}
+    """Every metric summed per value of `dimension` over capture days [day_from, day_to] (ISO dates, inclusive):
+    whole months from the monthly rollup, the days at either end from the daily cells."""
+    months, edges = split_range(date.fromisoformat(day_from), date.fromisoformat(day_to))
+    totals: dict[str, dict[str, Any]] = {}
+    if months:
+        monthly = report_cells_monthly
+        query = select(monthly.c.value, *(func.sum(monthly.c[name]).label(name) for name in METRICS)).where(
+            monthly.c.dimension == dimension, monthly.c.month.in_(months)
+        )
+        _add_rows(totals, (await session.execute(query.group_by(monthly.c.value))).mappings())
+    if edges:
+        daily = report_cells
+        in_edges = or_(*(and_(daily.c.day >= low, daily.c.day <= high) for low, high in edges))
+        query = select(daily.c.value, *(func.sum(daily.c[name]).label(name) for name in METRICS)).where(
+            daily.c.dimension == dimension, in_edges
+        )
+        _add_rows(totals, (await session.execute(query.group_by(daily.c.value))).mappings())
+    return totals
+
+
+def split_range(first: date, last: date) -> tuple[list[str], list[tuple[str, str]]]:
+    """[first, last] as the whole months inside it ('YYYY-MM') and the day ranges left at either end."""
+    months: list[str] = []
+    edges: list[tuple[str, str]] = []
+    cursor = first
+    while cursor <= last:
+        month_end = (cursor.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+        if cursor.day == 1 and month_end <= last:
+            months.append(cursor.isoformat()[:7])
+        else:
+            edges.append((cursor.isoformat(), min(month_end, last).isoformat()))
+        cursor = month_end + timedelta(days=1)
+    return months, edges
+
+
+def _add_rows(totals: dict[str, dict[str, Any]], rows: Iterable[Any]) -> None:
+    for row in rows:
+        sums = totals.setdefault(row["value"], dict.fromkeys(METRICS, 0))
+        for name in METRICS:
+            sums[name] += row[name] or 0
 
 
 # --- goals and lead search (reports_api, goals_api, search_api) ------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import datetime
@@ -12,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Float,
     Index,
     Integer,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     Table,
     delete,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -108,6 +111,18 @@ report_cells = Table(
 )  # fmt: skip
 Index("ix_report_cells_dimension_day", report_cells.c.dimension, report_cells.c.day)
 
+# The same totals per month, so a report over a year reads twelve rows per group instead of 365.
+report_cells_monthly = Table(
+    "report_cells_monthly",
+    metadata,
+    Column("month", String(7), primary_key=True),
+    Column("dimension", String(30), primary_key=True),
+    Column("value", String(320), primary_key=True),
+    *(Column(name, Numeric(20, 4) if name in AMOUNT_METRICS else Integer, nullable=False, server_default="0")
+      for name in METRICS),
+)  # fmt: skip
+Index("ix_report_cells_monthly_dimension", report_cells_monthly.c.dimension, report_cells_monthly.c.month)
+
 # Outcomes that arrived before their lead: applied when the lead is captured.
 pending_outcomes = Table(
     "pending_outcomes",
@@ -134,6 +149,19 @@ goals = Table(
     Column("created_at", UtcDateTime(), nullable=False),
 )
 
+
+def _monthly_rollup(connection: Connection) -> None:
+    create_tables(metadata, "report_cells_monthly")(connection)
+    sums = ", ".join(f"SUM({name})" for name in METRICS)
+    columns = ", ".join(METRICS)
+    connection.execute(
+        text(
+            f"INSERT INTO report_cells_monthly (month, dimension, value, {columns}) "
+            f"SELECT substr(day, 1, 7), dimension, value, {sums} FROM report_cells GROUP BY 1, 2, 3"
+        )
+    )
+
+
 MIGRATIONS = (
     Migration(
         1, "timeline, outcomes, outbox and inbox", create_tables(metadata, "timeline", "outcomes", OUTBOX, INBOX)
@@ -143,7 +171,9 @@ MIGRATIONS = (
         "lead cards, report cells, pending outcomes, goals",
         create_tables(metadata, "lead_cards", "report_cells", "pending_outcomes", "goals"),
     ),
+    Migration(3, "monthly rollup of the report cells", _monthly_rollup),
 )
+
 
 # --- cards and aggregates --------------------------------------------------------------------------------------------
 
@@ -184,19 +214,28 @@ async def save_card(session: AsyncSession, before: LeadCard | None, after: LeadC
 
 
 async def add_to_cells(session: AsyncSession, deltas: Sequence[Delta]) -> None:
-    """Add each delta to its cell (created at zero if new), in one statement."""
+    """Add each delta to its daily cell and to the month's rollup (created at zero if new). One statement shape
+    for every call, executed for many rows, so it is compiled once per process."""
     if not deltas:
         return
-    rows = [{"day": d.day, "dimension": d.dimension, "value": d.value[:320], **_full(d.amounts)} for d in deltas]
+    daily = [{"day": d.day, "dimension": d.dimension, "value": d.value[:320], **_full(d.amounts)} for d in deltas]
+    monthly: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in daily:
+        key = (row["day"][:7], row["dimension"], row["value"])
+        month = monthly.setdefault(key, {"month": key[0], "dimension": key[1], "value": key[2], **_full({})})
+        for name in METRICS:
+            month[name] += row[name]
     dialect = session.bind.dialect.name
-    insert = postgresql.insert(report_cells) if dialect == "postgresql" else sqlite.insert(report_cells)
-    statement = insert.values(rows)
-    moved = sorted({name for d in deltas for name in d.amounts})
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["day", "dimension", "value"],
-            set_={name: report_cells.c[name] + statement.excluded[name] for name in moved},
-        )
+    await session.execute(_upsert(report_cells, "day", dialect), daily)
+    await session.execute(_upsert(report_cells_monthly, "month", dialect), list(monthly.values()))
+
+
+@functools.cache
+def _upsert(table: Table, period: str, dialect: str) -> Any:
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    return insert.on_conflict_do_update(
+        index_elements=[period, "dimension", "value"],
+        set_={name: table.c[name] + insert.excluded[name] for name in METRICS},
     )
 
 
