@@ -52,7 +52,7 @@ from services.feedback.aggregates import (  # noqa: E402
     percentile_from_buckets,
 )
 from services.feedback.report_store import summed_cells  # noqa: E402
-from services.feedback.store import MIGRATIONS, lead_cards, report_cells  # noqa: E402
+from services.feedback.store import MIGRATIONS, MONTHLY_ROLLUP_SQL, lead_cards, report_cells  # noqa: E402
 from shared.db import make_engine, make_sessions, migrate  # noqa: E402
 from shared.envelope import utc_now  # noqa: E402
 from shared.events import LeadCapturedV1, LeadRoutedV1, LeadScoredV1  # noqa: E402
@@ -295,9 +295,11 @@ async def load(url: str) -> dict[str, Any]:
         rows = cells.records()
         columns = [column.name for column in report_cells.columns]
         await connection.copy_records_to_table("report_cells", records=rows, columns=columns, schema_name=SCHEMA)
+        await connection.execute(f"SET search_path TO {SCHEMA}; {MONTHLY_ROLLUP_SQL}")
         analyzed = time.monotonic()
         await connection.execute("VACUUM ANALYZE feedback.lead_cards")
         await connection.execute("VACUUM ANALYZE feedback.report_cells")
+        await connection.execute("VACUUM ANALYZE feedback.report_cells_monthly")
         sizes = {table: await connection.fetchval(f"SELECT pg_size_pretty(pg_total_relation_size('feedback.{table}'))")
                  for table in ("lead_cards", "report_cells")}  # fmt: skip
     finally:

@@ -152,14 +152,15 @@ goals = Table(
 
 def _monthly_rollup(connection: Connection) -> None:
     create_tables(metadata, "report_cells_monthly")(connection)
-    sums = ", ".join(f"SUM({name})" for name in METRICS)
-    columns = ", ".join(METRICS)
-    connection.execute(
-        text(
-            f"INSERT INTO report_cells_monthly (month, dimension, value, {columns}) "
-            f"SELECT substr(day, 1, 7), dimension, value, {sums} FROM report_cells GROUP BY 1, 2, 3"
-        )
-    )
+    connection.execute(text(MONTHLY_ROLLUP_SQL))
+
+
+# Rebuilds the monthly rollup from the daily cells (a migration, and bulk loads that bypass add_to_cells).
+MONTHLY_ROLLUP_SQL = (
+    f"INSERT INTO report_cells_monthly (month, dimension, value, {', '.join(METRICS)}) "
+    f"SELECT substr(day, 1, 7), dimension, value, {', '.join(f'SUM({name})' for name in METRICS)} "
+    "FROM report_cells GROUP BY 1, 2, 3"
+)
 
 
 MIGRATIONS = (
