@@ -59,8 +59,43 @@ class OutboxRelay:
         """Tell the relay that new rows were committed."""
         self._wakeup.set()
 
+    @property
+    def notify_channel(self) -> str | None:
+        """The PostgreSQL channel writers NOTIFY after committing events (None on SQLite: one process)."""
+        return f"baton_outbox_{self._lock_key}" if is_postgres(self._engine) else None
+
     async def run(self) -> None:
         """Relay forever; broker or database outages are retried with capped exponential backoff."""
+        listener = asyncio.create_task(self._listen()) if self.notify_channel else None
+        try:
+            await self._relay()
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await listener
+
+    async def _listen(self) -> None:
+        """LISTEN on the notify channel on a connection of its own; reconnects after a database outage (the
+        relay's idle poll covers the gap)."""
+        channel = self.notify_channel
+        assert channel is not None
+        while not self._stopping:
+            try:
+                async with self._engine.connect() as connection:
+                    raw = (await connection.get_raw_connection()).driver_connection
+                    assert raw is not None
+                    closed = asyncio.Event()
+                    raw.add_termination_listener(lambda *_, closed=closed: closed.set())
+                    await raw.add_listener(channel, lambda *_: self._wakeup.set())
+                    await closed.wait()  # until the connection dies; the relay cancels this task when it stops
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("outbox listener reconnecting: %r", exc)
+                await asyncio.sleep(1.0)  # poll: retry the LISTEN connection
+
+    async def _relay(self) -> None:
         backoff = 0.1
         while not self._stopping:
             try:

@@ -78,7 +78,9 @@ class ServiceRuntime:
             failpoints=self._failpoints,
         )
         source = f"/baton/{settings.service_name}"
-        self._uow = UnitOfWork(sessions, self._metadata, source=source, on_emit=self.relay.wake)
+        self._uow = UnitOfWork(
+            sessions, self._metadata, source=source, on_emit=self.relay.wake, notify_channel=self.relay.notify_channel
+        )
         self._spawn(self.relay.run(), "outbox-relay")
         if self._consumes:
             self._spawn(self._consume(), "consumer")

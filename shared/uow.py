@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import MetaData, Table, select
+from sqlalchemy import MetaData, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.envelope import CloudEvent, utc_now
@@ -88,8 +88,12 @@ class UnitOfWork:
         *,
         source: str,
         on_emit: Callable[[], None] = lambda: None,
+        notify_channel: str | None = None,
     ) -> None:
         self._sessions = sessions
+        # PostgreSQL: a commit that emitted events also NOTIFYs this channel, waking the relay of whichever
+        # replica holds the outbox turn (the in-process `on_emit` only wakes this process's relay).
+        self._notify_channel = notify_channel
         self._outbox = metadata.tables[OUTBOX]
         self._inbox = metadata.tables[INBOX]
         self._source = source
@@ -101,6 +105,8 @@ class UnitOfWork:
         async with self._sessions() as session, session.begin():
             tx = Transaction(session, source=self._source, outbox=self._outbox, inbox=self._inbox)
             yield tx
+            if tx.emitted and self._notify_channel:
+                await session.execute(select(func.pg_notify(self._notify_channel, "")))
         if tx.emitted:
             self.on_emit()
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import make_sessions
 from shared.envelope import CloudEvent, utc_now
+from shared.events import LeadCapturedV1
 from shared.kafka import KafkaPublisher
 from shared.outbox import OutboxRelay
 from shared.tables import OUTBOX
+from shared.topics import LEADS_CAPTURED
+from shared.uow import UnitOfWork
 from tests.integration.conftest import fresh_topic, metadata
 from tests.support.infra import KafkaBroker, free_port
 from tests.support.kafka_reader import header, read_topic
@@ -77,3 +85,36 @@ async def test_relay_with_broker_down_fails_fast_and_keeps_every_row(engine: Asy
     assert await relay_for(engine, kafka.bootstrap_servers).publish_pending() == 5
     records = await read_topic(kafka.bootstrap_servers, topic, until=lambda seen: len(seen) >= 5)
     assert [header(record, "ce_id") for record in records] == ids
+
+
+async def test_a_commit_in_another_process_wakes_the_relay_at_once_through_notify(
+    engine: AsyncEngine, kafka: KafkaBroker
+) -> None:
+    """With replicas, the relay holding the outbox turn is not in the process that committed: NOTIFY wakes it long
+    before its idle poll (here an hour) would."""
+    publisher = KafkaPublisher(bootstrap_servers=kafka.bootstrap_servers, client_id="test-relay", timeout_seconds=10)
+    relay = OutboxRelay(engine=engine, sessions=make_sessions(engine), metadata=metadata, publisher=publisher,
+                        lock_name="notify", idle_seconds=3600)  # fmt: skip
+    other_process = UnitOfWork(make_sessions(engine), metadata, source="/baton/test",
+                               notify_channel=relay.notify_channel)  # fmt: skip
+    running = asyncio.create_task(relay.run())
+    try:
+        # The first event may be caught by the relay's start-up pass; once it is out, the relay idles.
+        for attempt in ("first", "second"):
+            key = f"lead-{attempt}-{uuid.uuid4()}".encode()
+            committed = time.monotonic()
+            async with other_process.transaction() as tx:
+                await tx.emit(LeadCapturedV1(lead_id=key.decode(), email="ada@acme.example", captured_at=utc_now()))
+            records = await read_topic(kafka.bootstrap_servers, LEADS_CAPTURED, timeout=20, until=_has(key))
+            assert any(record.key == key for record in records), attempt
+        assert time.monotonic() - committed < 10
+    finally:
+        relay.stop()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await publisher.close()
+
+
+def _has(key: bytes) -> Callable[[list[Any]], bool]:
+    return lambda seen: any(record.key == key for record in seen)
