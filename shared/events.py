@@ -183,9 +183,27 @@ class OutcomeRecordedV1(EventPayload):
     occurred_at: datetime
 
 
+class LeadErasedV1(EventPayload):
+    """The lead asked to be forgotten: every service removes its personal data and keeps anonymous aggregates."""
+
+    EVENT_TYPE: ClassVar[str] = "dev.baton.lead.erased.v1"
+    TOPIC: ClassVar[str] = topics.LEADS_ERASED
+
+    erased_at: datetime
+    requested_by: str | None = None
+
+
 PAYLOAD_TYPES: dict[str, type[EventPayload]] = {
     model.EVENT_TYPE: model
-    for model in (LeadCapturedV1, LeadMergedV1, ActivityRecordedV1, LeadScoredV1, LeadRoutedV1, OutcomeRecordedV1)
+    for model in (
+        LeadCapturedV1,
+        LeadMergedV1,
+        ActivityRecordedV1,
+        LeadScoredV1,
+        LeadRoutedV1,
+        OutcomeRecordedV1,
+        LeadErasedV1,
+    )
 }
 
 P = TypeVar("P", bound=EventPayload)

@@ -7,8 +7,10 @@ LEADS_ACTIVITY: Final = "leads.activity"
 LEADS_SCORED: Final = "leads.scored"
 LEADS_ROUTED: Final = "leads.routed"
 LEADS_OUTCOMES: Final = "leads.outcomes"
+# A lead's personal data was erased on request: every service removes its copies.
+LEADS_ERASED: Final = "leads.erased"
 
-ALL_TOPICS: Final = (LEADS_CAPTURED, LEADS_ACTIVITY, LEADS_SCORED, LEADS_ROUTED, LEADS_OUTCOMES)
+ALL_TOPICS: Final = (LEADS_CAPTURED, LEADS_ACTIVITY, LEADS_SCORED, LEADS_ROUTED, LEADS_OUTCOMES, LEADS_ERASED)
 
 # Written by sales tools, not by Baton: outcomes as plain JSON (the body of POST /v1/outcomes), CloudEvents optional.
 SALES_OUTCOMES: Final = "sales.outcomes"

@@ -8,6 +8,7 @@ from datetime import datetime
 from services.feedback.aggregates import LeadCard
 from services.feedback.lifecycle import Lifecycle
 from shared.events import LeadCapturedV1, LeadMergedV1, LeadRoutedV1, LeadScoredV1, OutcomeRecordedV1
+from shared.privacy import ERASED
 
 TOUCHES = frozenset({"accepted", "contacted", "meeting_booked", "qualified", "won", "lost", "disqualified"})
 
@@ -22,7 +23,7 @@ def on_captured(card: LeadCard | None, captured: LeadCapturedV1) -> LeadCard:
     base = started(card, captured.lead_id, captured.captured_at)
     return base.with_(
         captured_at=captured.captured_at,
-        email=captured.email,
+        email=None if captured.email == ERASED else captured.email,
         source=captured.utm_source,
         medium=captured.utm_medium,
         campaign=captured.utm_campaign,
@@ -42,7 +43,7 @@ def on_merged(card: LeadCard | None, merged: LeadMergedV1) -> LeadCard:
     """A resubmission: the latest campaign is the last touch; fields the lead left empty before are filled in."""
     base = started(card, merged.lead_id, merged.merged_at)
     return base.with_(
-        email=merged.email,
+        email=None if merged.email == ERASED else merged.email,
         last_campaign=merged.utm_campaign or base.last_campaign,
         country=base.country or merged.country,
         region=base.region or merged.region,

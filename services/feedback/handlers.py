@@ -18,8 +18,10 @@ from services.feedback.lifecycle import ImpossibleTransition
 from services.feedback.schemas import OutcomeIn
 from services.feedback.service import (
     accept_outcome,
+    anonymised,
     apply_pending_outcomes,
     apply_published_outcome,
+    erase_lead,
     record_step,
     update_card,
 )
@@ -28,6 +30,7 @@ from shared.envelope import CloudEvent, InvalidEvent
 from shared.events import (
     ActivityRecordedV1,
     LeadCapturedV1,
+    LeadErasedV1,
     LeadMergedV1,
     LeadRoutedV1,
     LeadScoredV1,
@@ -44,7 +47,7 @@ RAW_TOPICS = {SALES_OUTCOMES: SALES_OUTCOME_TYPE}
 
 async def on_lead_captured(tx: Transaction, event: CloudEvent) -> None:
     """Journey starts; the card gets the lead's origin and segment; outcomes that came first are applied."""
-    captured = parse_payload(event, LeadCapturedV1)
+    captured = await anonymised(tx, parse_payload(event, LeadCapturedV1))
     await record_step(tx, event_id=event.id, step=captured_step(captured))
     await update_card(tx, captured.lead_id, lambda card: cards.on_captured(card, captured))
     await apply_pending_outcomes(tx, captured.lead_id)
@@ -52,7 +55,7 @@ async def on_lead_captured(tx: Transaction, event: CloudEvent) -> None:
 
 async def on_lead_merged(tx: Transaction, event: CloudEvent) -> None:
     """A resubmission: the last touch."""
-    merged = parse_payload(event, LeadMergedV1)
+    merged = await anonymised(tx, parse_payload(event, LeadMergedV1))
     await record_step(tx, event_id=event.id, step=merged_step(merged))
     await update_card(tx, merged.lead_id, lambda card: cards.on_merged(card, merged))
 
@@ -99,7 +102,13 @@ async def on_sales_outcome(tx: Transaction, event: CloudEvent) -> None:
         await record_step(tx, event_id=event.id, step=rejected)
 
 
+async def on_lead_erased(tx: Transaction, event: CloudEvent) -> None:
+    """The lead asked to be forgotten."""
+    await erase_lead(tx, parse_payload(event, LeadErasedV1))
+
+
 HANDLERS: dict[str, Handler] = {
+    LeadErasedV1.EVENT_TYPE: on_lead_erased,
     LeadCapturedV1.EVENT_TYPE: on_lead_captured,
     LeadMergedV1.EVENT_TYPE: on_lead_merged,
     ActivityRecordedV1.EVENT_TYPE: on_activity,

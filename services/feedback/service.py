@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 
@@ -12,7 +12,8 @@ from services.feedback.aggregates import LeadCard
 from services.feedback.domain import JourneyStep, outcome_step
 from services.feedback.lifecycle import ImpossibleTransition
 from shared.envelope import utc_now
-from shared.events import OutcomeRecordedV1
+from shared.events import LeadCapturedV1, LeadErasedV1, OutcomeRecordedV1
+from shared.privacy import ERASED, forget_sent_events, is_erased, mark_erased
 from shared.problems import ProblemError
 from shared.topics import LEADS_OUTCOMES
 from shared.uow import Transaction, UnitOfWork
@@ -110,3 +111,25 @@ async def _apply_known(tx: Transaction, outcome: OutcomeRecordedV1, *, event_id:
         await store.add_step(tx.session, event_id=event_id, step=rejected)
         return
     await store.add_step(tx.session, event_id=event_id, step=outcome_step(outcome))
+
+
+async def erase_lead(tx: Transaction, erased: LeadErasedV1) -> None:
+    """Forget who the lead is: the card loses its email, the journey its personal values; aggregates stay."""
+    if not await mark_erased(tx.session, store.metadata, lead_id=erased.lead_id):
+        return
+    card = await store.load_card(tx.session, lead_id=erased.lead_id, for_update=True)
+    if card is not None and card.email:
+        await store.scrub_journey(tx.session, lead_id=erased.lead_id, values=[card.email])
+        await store.save_card(tx.session, card, card.with_(email=None))
+    await forget_sent_events(tx.session, store.metadata, lead_id=erased.lead_id)
+
+
+Captured = TypeVar("Captured", bound=LeadCapturedV1)
+
+
+async def anonymised(tx: Transaction, captured: Captured) -> Captured:
+    """The captured lead as it may be stored: without personal data if the lead was erased before it arrived."""
+    if not await is_erased(tx.session, store.metadata, lead_id=captured.lead_id):
+        return captured
+    return captured.model_copy(update={"email": ERASED, "first_name": None, "last_name": None, "phone": None,
+                                       "job_title": None, "city": None, "attributes": {}})  # fmt: skip

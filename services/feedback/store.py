@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.feedback.aggregates import AMOUNT_METRICS, METRICS, Delta, LeadCard, changes
 from services.feedback.domain import JourneyStep
 from shared.db import Migration, UtcDateTime, create_tables
+from shared.privacy import ERASED_LEADS, add_privacy_tables, scrub
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 metadata = MetaData()
@@ -163,6 +164,8 @@ MONTHLY_ROLLUP_SQL = (
 )
 
 
+add_privacy_tables(metadata)
+
 MIGRATIONS = (
     Migration(
         1, "timeline, outcomes, outbox and inbox", create_tables(metadata, "timeline", "outcomes", OUTBOX, INBOX)
@@ -173,6 +176,7 @@ MIGRATIONS = (
         create_tables(metadata, "lead_cards", "report_cells", "pending_outcomes", "goals"),
     ),
     Migration(3, "monthly rollup of the report cells", _monthly_rollup),
+    Migration(4, "erased leads", create_tables(metadata, ERASED_LEADS)),
 )
 
 
@@ -291,3 +295,16 @@ async def find_outcome_id(session: AsyncSession, *, external_id: str) -> str | N
 async def insert_outcome(session: AsyncSession, **values: Any) -> None:
     """Store an outcome."""
     await session.execute(outcomes.insert().values(**values))
+
+
+async def scrub_journey(session: AsyncSession, *, lead_id: str, values: Sequence[str]) -> None:
+    """Replace personal values in the reasons and details of the lead's journey."""
+    if not values:
+        return
+    rows = (await session.execute(select(timeline.c.id, timeline.c.reason, timeline.c.details).where(
+        timeline.c.lead_id == lead_id))).all()  # fmt: skip
+    for row_id, reason, details in rows:
+        cleaned = {key: scrub(value, values) if isinstance(value, str) else value for key, value in details.items()}
+        await session.execute(
+            update(timeline).where(timeline.c.id == row_id).values(reason=scrub(reason, values), details=cleaned)
+        )

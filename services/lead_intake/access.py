@@ -18,11 +18,14 @@ from shared.uow import UnitOfWork
 
 KeyKind = Literal["form", "server"]
 SUBMIT_LEADS, IMPORT_LEADS, READ_LEADS = "leads:submit", "leads:import", "leads:read"
+# Privacy officers erase leads on request; admin keys can too.
+ERASE_LEADS = "privacy:erase"
 SUBMIT_ACTIVITIES = "activities:submit"
 SCOPES_BY_KIND: dict[str, frozenset[str]] = {
     # Public: embedded in web pages, so it can only submit, and only for its forms and origins.
     "form": frozenset({SUBMIT_LEADS, SUBMIT_ACTIVITIES}),
     "server": frozenset({SUBMIT_LEADS, IMPORT_LEADS, READ_LEADS, SUBMIT_ACTIVITIES}),
+    "privacy": frozenset({READ_LEADS, ERASE_LEADS}),
 }
 KEY_PREFIX = "bk"
 CACHE_SECONDS = 30.0

@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
 from services.lead_intake import idempotency, store
-from services.lead_intake.access import READ_LEADS, SUBMIT_ACTIVITIES, SUBMIT_LEADS
+from services.lead_intake.access import ERASE_LEADS, READ_LEADS, SUBMIT_ACTIVITIES, SUBMIT_LEADS
+from services.lead_intake.erasure import erase_lead
 from services.lead_intake.forms import (
     DEFAULT_HONEYPOT_FIELD,
     FormPolicy,
@@ -259,6 +260,17 @@ async def get_lead(lead_id: str, uow: UowDep, _: Annotated[Principal, Depends(re
     if lead is None:
         raise ProblemError(404, f"no lead {lead_id}")
     return LeadView.model_validate({**lead.__dict__, "history": history})
+
+
+@router.delete("/leads/{lead_id}", status_code=202)
+async def delete_lead(
+    lead_id: str, uow: UowDep, principal: Annotated[Principal, Depends(require(ERASE_LEADS))]
+) -> dict[str, str]:
+    """Erase the lead's personal data (admin or privacy key): removed here at once, and by every other service
+    when it reads `leads.erased`; anonymous facts (country, segment, source, score, outcomes) stay for reports."""
+    if not await erase_lead(uow, lead_id=lead_id, requested_by=principal.name):
+        raise ProblemError(404, f"no lead {lead_id}")
+    return {"lead_id": lead_id, "status": "erased"}
 
 
 ActivityKind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,99}$")]

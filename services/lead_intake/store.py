@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_intake.domain import Lead
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
+from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 metadata = MetaData()
@@ -133,6 +135,8 @@ held_activities = Table(
 )
 Index("ix_held_activities_email", held_activities.c.email)
 
+add_privacy_tables(metadata)
+
 MIGRATIONS = (
     Migration(1, "leads, outbox and inbox", create_tables(metadata, "leads", OUTBOX, INBOX)),
     Migration(2, "lead segmentation, source and consent", add_columns(metadata, "leads", *LEAD_COLUMNS_V2)),
@@ -141,6 +145,7 @@ MIGRATIONS = (
         "lead history, forms, API keys, idempotency keys, held activities",
         create_tables(metadata, "lead_history", "forms", "api_keys", "idempotency_keys", "held_activities"),
     ),
+    Migration(4, "erased leads", create_tables(metadata, ERASED_LEADS)),
 )
 
 _LEAD_FIELDS = tuple(item.name for item in fields(Lead))
@@ -222,3 +227,20 @@ async def take_held_activities(session: AsyncSession, *, emails: list[str]) -> d
     if held:
         await session.execute(delete(held_activities).where(held_activities.c.email.in_(list(held))))
     return held
+
+
+async def erase_lead(session: AsyncSession, *, lead_id: str, personal: Sequence[str]) -> str | None:
+    """Remove the lead's personal data, keep the rest; returns the erased email, or None if there is no lead."""
+    email = await session.scalar(select(leads.c.email).where(leads.c.lead_id == lead_id))
+    if email is None:
+        return None
+    cleared = {name: None for name in personal if name in leads.c and name not in ("email", "attributes")}
+    # The email is the dedupe key (unique, required): it becomes a placeholder no submission can match.
+    await session.execute(
+        update(leads)
+        .where(leads.c.lead_id == lead_id)
+        .values(email=f"erased+{lead_id}@erased.invalid", attributes={}, **cleared)
+    )
+    await session.execute(delete(lead_history).where(lead_history.c.lead_id == lead_id))
+    await session.execute(delete(held_activities).where(held_activities.c.email == email))
+    return str(email)

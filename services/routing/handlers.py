@@ -1,13 +1,13 @@
 """Consumed events of routing, one small function each."""
 
-from services.routing.service import apply_outcome, route_scored_lead
+from services.routing.service import apply_outcome, erase_lead, route_scored_lead
 from shared.consumer import Handler
 from shared.envelope import CloudEvent
-from shared.events import LeadScoredV1, OutcomeRecordedV1, parse_payload
-from shared.topics import LEADS_OUTCOMES, LEADS_SCORED
+from shared.events import LeadErasedV1, LeadScoredV1, OutcomeRecordedV1, parse_payload
+from shared.topics import LEADS_ERASED, LEADS_OUTCOMES, LEADS_SCORED
 from shared.uow import Transaction
 
-CONSUMES = (LEADS_SCORED, LEADS_OUTCOMES)
+CONSUMES = (LEADS_SCORED, LEADS_OUTCOMES, LEADS_ERASED)
 
 
 async def on_lead_scored(tx: Transaction, event: CloudEvent) -> None:
@@ -20,4 +20,13 @@ async def on_outcome(tx: Transaction, event: CloudEvent) -> None:
     await apply_outcome(tx, parse_payload(event, OutcomeRecordedV1))
 
 
-HANDLERS: dict[str, Handler] = {LeadScoredV1.EVENT_TYPE: on_lead_scored, OutcomeRecordedV1.EVENT_TYPE: on_outcome}
+async def on_lead_erased(tx: Transaction, event: CloudEvent) -> None:
+    """The lead asked to be forgotten."""
+    await erase_lead(tx, parse_payload(event, LeadErasedV1))
+
+
+HANDLERS: dict[str, Handler] = {
+    LeadScoredV1.EVENT_TYPE: on_lead_scored,
+    OutcomeRecordedV1.EVENT_TYPE: on_outcome,
+    LeadErasedV1.EVENT_TYPE: on_lead_erased,
+}

@@ -201,6 +201,7 @@ class AssignmentOut(BaseModel):
     reason: str
     details: dict[str, Any]
     decided_at: datetime
+    lead: dict[str, Any] | None = None  # the lead's fields a sales tool works with (contact, company, score)
     history: list[Decision]
 
 

@@ -17,7 +17,8 @@ from services.routing import store, stream, webhooks
 from services.routing.domain import Decision, decide
 from services.routing.rules import DEFAULT_POLICY, RoutingPolicy, lead_view
 from shared.envelope import utc_now
-from shared.events import LeadRoutedV1, LeadScoredV1, OutcomeRecordedV1, RoutingKind
+from shared.events import LeadErasedV1, LeadRoutedV1, LeadScoredV1, OutcomeRecordedV1, RoutingKind
+from shared.privacy import forget_sent_events, is_erased, mark_erased, strip_personal
 from shared.problems import ProblemError
 from shared.uow import Transaction, UnitOfWork
 
@@ -32,6 +33,8 @@ async def route_scored_lead(tx: Transaction, scored: LeadScoredV1) -> None:
     """Route a scored lead once. A re-score of a lead already routed changes nothing, except that a lead still
     waiting in a queue waits with its new score."""
     lead = lead_view(scored)
+    if await is_erased(tx.session, store.metadata, lead_id=scored.lead_id):  # erased before this arrived
+        lead = strip_personal(lead)
     current = await store.load_assignment(tx.session, lead_id=scored.lead_id, for_update=True)
     if current is not None:
         if current["status"] == "queued":
@@ -146,6 +149,13 @@ async def load_active_policy(tx: Transaction) -> tuple[str, RoutingPolicy]:
     if row is None:
         return "default", DEFAULT_POLICY
     return str(row["version"]), RoutingPolicy.model_validate(row["definition"])
+
+
+async def erase_lead(tx: Transaction, erased: LeadErasedV1) -> None:
+    """Forget who the lead is: its routing state, webhook deliveries and stream keep only anonymous fields."""
+    if await mark_erased(tx.session, store.metadata, lead_id=erased.lead_id):
+        await store.erase_personal_data(tx.session, lead_id=erased.lead_id)
+        await forget_sent_events(tx.session, store.metadata, lead_id=erased.lead_id)
 
 
 # --- SLA timers and queues -------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.reps import Absence, Load, Rep, WorkingHours, parse_week
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
+from shared.privacy import ERASED_LEADS, add_privacy_tables, strip_personal
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 DEFAULT_POOL = "default"
@@ -193,6 +194,9 @@ stream_events = Table(
 )
 
 
+add_privacy_tables(metadata)
+
+
 def _seed_default_pool(connection: Connection) -> None:
     connection.execute(rotations.insert().values(pool=DEFAULT_POOL, last_rep_id=None))
 
@@ -241,6 +245,7 @@ MIGRATIONS = (
         "webhook subscriptions and deliveries, live stream",
         create_tables(metadata, "webhook_subscriptions", "webhook_deliveries", "stream_events"),
     ),
+    Migration(5, "erased leads", create_tables(metadata, ERASED_LEADS)),
 )
 
 
@@ -566,3 +571,14 @@ async def queue_lengths(session: AsyncSession) -> dict[str, int]:
         select(assignments.c.pool, func.count()).where(assignments.c.status == "queued").group_by(assignments.c.pool)
     )
     return {pool or DEFAULT_POOL: count for pool, count in (await session.execute(query)).all()}
+
+
+async def erase_personal_data(session: AsyncSession, *, lead_id: str) -> None:
+    """Strip the lead's personal fields from its routing state, its queued webhook deliveries and the stream."""
+    current = await load_assignment(session, lead_id=lead_id, for_update=True)
+    if current is not None and current.get("lead"):
+        await update_assignment(session, lead_id=lead_id, lead=strip_personal(current["lead"]))
+    for table, key in ((webhook_deliveries, webhook_deliveries.c.delivery_id), (stream_events, stream_events.c.seq)):
+        rows = (await session.execute(select(key, table.c.event).where(table.c.lead_id == lead_id))).all()
+        for row_key, stored in rows:
+            await session.execute(update(table).where(key == row_key).values(event=strip_personal(stored)))

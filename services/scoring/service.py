@@ -13,8 +13,16 @@ from services.scoring import store
 from services.scoring.learning import blend, explain, features, label_of, learn, probability
 from services.scoring.rules import RESUBMISSION, STARTER_MODEL, ScoringModelDefinition, Touch, score_with_rules
 from shared.envelope import utc_now
-from shared.events import ActivityRecordedV1, LeadCapturedV1, LeadMergedV1, LeadScoredV1, OutcomeRecordedV1
+from shared.events import (
+    ActivityRecordedV1,
+    LeadCapturedV1,
+    LeadErasedV1,
+    LeadMergedV1,
+    LeadScoredV1,
+    OutcomeRecordedV1,
+)
 from shared.events import ScoreContribution as Contribution
+from shared.privacy import forget_sent_events, is_erased, mark_erased, strip_personal
 from shared.uow import Transaction, UnitOfWork
 
 STARTER_VERSION = "starter"
@@ -38,6 +46,8 @@ async def _model_in_force(tx: Transaction) -> tuple[str, ScoringModelDefinition]
 async def on_lead_captured(tx: Transaction, captured: LeadCapturedV1) -> None:
     """Keep the lead's facts, apply outcomes that arrived before it, and score it."""
     facts = captured.model_dump(mode="json", exclude={"merged_at", "changed_fields", "renewed_interest"})
+    if await is_erased(tx.session, store.metadata, lead_id=captured.lead_id):  # erased before this arrived
+        facts = strip_personal(facts)
     await store.save_facts(tx.session, lead_id=captured.lead_id, facts=facts, captured_at=captured.captured_at)
     if isinstance(captured, LeadMergedV1) and captured.renewed_interest:
         await store.add_touch(tx.session, lead_id=captured.lead_id, kind=RESUBMISSION, at=captured.merged_at)
@@ -45,6 +55,17 @@ async def on_lead_captured(tx: Transaction, captured: LeadCapturedV1) -> None:
     # Scored first, so the prediction logged for a held outcome is what the rules said of this lead.
     for kind, occurred_at in await store.take_pending_outcomes(tx.session, lead_id=captured.lead_id):
         await _learn_from(tx, captured.lead_id, kind, occurred_at)
+
+
+async def on_lead_erased(tx: Transaction, erased: LeadErasedV1) -> None:
+    """Forget who the lead is; what it is (segment, behaviour, outcome) stays for the model."""
+    if not await mark_erased(tx.session, store.metadata, lead_id=erased.lead_id):
+        return
+    stored = await store.load_facts(tx.session, lead_id=erased.lead_id)
+    if stored is not None:
+        await store.save_facts(tx.session, lead_id=erased.lead_id, facts=strip_personal(stored["facts"]),
+                               captured_at=stored["captured_at"])  # fmt: skip
+    await forget_sent_events(tx.session, store.metadata, lead_id=erased.lead_id)
 
 
 async def on_activity(tx: Transaction, activity: ActivityRecordedV1) -> None:

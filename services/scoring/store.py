@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.scoring.learning import Weights
 from services.scoring.rules import Touch
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
+from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
 metadata = MetaData()
@@ -142,6 +143,8 @@ def _seed_learned_state(connection: Any) -> None:
     )
 
 
+add_privacy_tables(metadata)
+
 MIGRATIONS = (
     Migration(1, "scores, outbox and inbox", create_tables(metadata, "scores", OUTBOX, INBOX)),
     Migration(2, "score grades and parts", add_columns(metadata, "scores", *SCORE_COLUMNS_V2)),
@@ -149,6 +152,7 @@ MIGRATIONS = (
               create_tables(metadata, "scoring_models", "lead_facts", "touches", "learned_weights", "learned_state",
                             "predictions", "pending_outcomes", "rescore_jobs")),
     Migration(4, "learned model starts empty", _seed_learned_state),
+    Migration(5, "erased leads", create_tables(metadata, ERASED_LEADS)),
 )  # fmt: skip
 
 

@@ -87,6 +87,7 @@ def test_every_topic_has_an_event_type() -> None:
         topics.LEADS_SCORED,
         topics.LEADS_ROUTED,
         topics.LEADS_OUTCOMES,
+        topics.LEADS_ERASED,
     }
 
 

@@ -23,6 +23,7 @@ from shared.envelope import CloudEvent
 from shared.events import (
     EventPayload,
     LeadCapturedV1,
+    LeadErasedV1,
     LeadMergedV1,
     LeadRoutedV1,
     LeadScoredV1,
@@ -201,3 +202,20 @@ async def test_an_impossible_outcome_on_the_topic_is_kept_on_the_journey_as_reje
     async with uow.read() as session:
         steps = [(row["step"], row["reason"]) for row in await store.load_journey(session, lead_id="lead-1")]
     assert steps[-1][0] == "outcome_rejected" and "a lead that is lost cannot be won" in steps[-1][1]
+
+
+async def test_an_erasure_scrubs_the_journey_and_a_capture_arriving_after_it_stores_nothing_personal(
+    uow: UnitOfWork,
+) -> None:
+    await _consume(uow, _ev(LeadCapturedV1(lead_id="lead-1", email="kenji@acme.example", captured_at=T0)))
+    await _consume(uow, _ev(LeadErasedV1(lead_id="lead-1", erased_at=T0 + timedelta(days=1))))
+    # lead-2 is erased before its capture event arrives (topics are not ordered with each other).
+    await _consume(uow, _ev(LeadErasedV1(lead_id="lead-2", erased_at=T0)))
+    await _consume(uow, _ev(LeadCapturedV1(lead_id="lead-2", email="aiko@acme.example", first_name="Aiko",
+                                           captured_at=T0)))  # fmt: skip
+    async with uow.read() as session:
+        for lead_id, email in (("lead-1", "kenji@acme.example"), ("lead-2", "aiko@acme.example")):
+            card = await store.load_card(session, lead_id=lead_id)
+            journey = await store.load_journey(session, lead_id=lead_id)
+            assert card is not None and card.email is None
+            assert journey and not any(email in str(step) for step in journey)
