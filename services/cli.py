@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from services import migrate_cli
 from services.lead_intake.cli import add_commands as add_lead_intake_commands
 from services.routing.reps_import import InvalidRoster, import_reps_file
 from services.routing.settings import Settings as RoutingSettings
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     importing = reps.add_parser("import", help="create or replace reps from a CSV (all rows or none)")
     importing.add_argument("path", help="CSV with a header row: rep_id,name,email,team,... (name, email required)")
     importing.set_defaults(run=_import_reps)
+    migrate_cli.add_command(commands)
     args = parser.parse_args(argv)
     args.run(args)
 

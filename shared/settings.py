@@ -14,7 +14,9 @@ class ServiceSettings(BaseSettings):
 
     # Shared variables (KAFKA_BOOTSTRAP_SERVERS, BATON_ADMIN_KEY, BATON_DATA_DIR) carry no service prefix;
     # populate_by_name lets tests pass every field by its name.
-    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        populate_by_name=True, extra="ignore", secrets_dir=os.environ.get("BATON_SECRETS_DIR") or None
+    )
 
     service_name: str = "baton"
     host: str = "127.0.0.1"
@@ -29,6 +31,10 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = 3
     log_level: str = "INFO"
     failpoints: str = ""
+    # Published outbox rows are kept this long (they are only needed until the broker has them).
+    outbox_retention_hours: float = Field(72.0, gt=0)
+    # Consumed event ids are kept this long to absorb redeliveries: longer than the broker keeps its log.
+    inbox_retention_days: float = Field(14.0, gt=0)
 
     def resolved_database_url(self) -> str:
         """This service's own URL, else the shared DATABASE_URL (one schema per service), else a SQLite file."""
