@@ -13,11 +13,17 @@ from services.lead_intake.cli import add_commands as add_lead_intake_commands
 from services.routing.reps_import import InvalidRoster, import_reps_file
 from services.routing.settings import Settings as RoutingSettings
 from shared.dlq import replay_dead_letters
+from shared.kafka import KafkaSecurity
 from shared.problems import ProblemError
+from shared.settings import ServiceSettings
 
 
 def _replay(args: argparse.Namespace) -> None:
-    count = asyncio.run(replay_dead_letters(args.bootstrap_servers, args.topic, event_ids=args.event_id))
+    # The broker's TLS/SASL settings come from the shared environment (KAFKA_SECURITY_PROTOCOL, ...), as for services.
+    security = KafkaSecurity.from_settings(ServiceSettings())
+    count = asyncio.run(
+        replay_dead_letters(args.bootstrap_servers, args.topic, event_ids=args.event_id, security=security)
+    )
     print(f"replayed {count} dead letter(s) from {args.topic}")
 
 

@@ -9,8 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from shared.metrics import install_metrics
 from shared.problems import install_problem_handlers
 from shared.runtime import ServiceRuntime
+from shared.tracing import install_tracing
 from shared.uow import UnitOfWork
 
 
@@ -38,6 +40,8 @@ def build_app(
     admin_key = runtime.settings.admin_key
     app.state.admin_key = admin_key.get_secret_value() if admin_key else None
     install_problem_handlers(app)
+    install_metrics(app, runtime.metrics)
+    install_tracing(app, runtime.settings.service_name)
     app.include_router(_health_router())
     for router in routers:
         app.include_router(router)

@@ -14,8 +14,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from shared.envelope import CloudEvent, InvalidEvent, utc_now
 from shared.failpoints import Failpoints
 from shared.failures import is_outage
-from shared.kafka import OutboundRecord, Publisher
+from shared.kafka import PLAINTEXT, KafkaSecurity, OutboundRecord, Publisher, client_options
+from shared.metrics import count_consumed, count_consumed_all, count_dead_letter, sample_consumer_lag
 from shared.topics import dead_letter_topic
+from shared.tracing import consume_span
 from shared.uow import Transaction, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,10 @@ class EventConsumer:
         max_backoff_seconds: float = 5.0,
         failpoints: Failpoints | None = None,
         raw_topics: Mapping[str, str] | None = None,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
+        self._security = security
         self._group_id = group_id
         self._topics = tuple(topics)
         self._handlers = dict(handlers)
@@ -92,6 +96,7 @@ class EventConsumer:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
             request_timeout_ms=int(self._timeout * 1000) + 5_000,
+            **client_options(self._security),
         )
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
@@ -99,6 +104,7 @@ class EventConsumer:
         batched = not self._failpoints.armed("consumer.before_effect")
         while not self._stopping:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            await sample_consumer_lag(consumer, batches)
             if not batches or (batched and await self._apply_batch(consumer, batches)):
                 continue
             for partition, records in batches.items():
@@ -117,15 +123,19 @@ class EventConsumer:
                     work.append((record, self._event_of(record)))
                 except InvalidEvent:
                     return False
+        outcomes: list[tuple[str, str]] = []
         try:
             async with self._uow.transaction() as tx:
                 fresh = await tx.mark_all_processed([(event.id, record.topic) for record, event in work])
-                for _, event in work:
+                for record, event in work:
                     handler = self._handlers.get(event.type)
                     if event.id not in fresh or handler is None:
+                        outcomes.append((record.topic, "ignored" if handler is None else "duplicate"))
                         continue
                     fresh.discard(event.id)  # the same event twice in one batch (a relay retry) applies once
-                    await handler(tx, event)
+                    with consume_span(record.topic, record.headers, event):
+                        await handler(tx, event)
+                    outcomes.append((record.topic, "applied"))
         except Exception as exc:
             if not is_outage(exc):
                 log.info("batch of %d failed (%r); applying its records one by one", len(work), exc)
@@ -137,6 +147,7 @@ class EventConsumer:
             return True
         for _ in work:  # one hit per record, as on the record-by-record path
             self._failpoints.hit("consumer.after_commit")
+        count_consumed_all(outcomes)
         self._backoff = 0.1
         await self._commit_all(consumer, {partition: records[-1].offset + 1 for partition, records in batches.items()})
         return True
@@ -167,6 +178,7 @@ class EventConsumer:
         handler = self._handlers.get(event.type)
         if handler is None:
             log.info("ignoring %s event %s on %s", event.type, event.id, record.topic)
+            count_consumed(record.topic, "ignored")
             return
         await self._apply_with_retries(record, event, handler)
 
@@ -186,7 +198,8 @@ class EventConsumer:
     async def _apply_with_retries(self, record: ConsumerRecord[Any, Any], event: CloudEvent, handler: Handler) -> None:
         for attempt in range(1, self._max_attempts + 1):
             try:
-                await self._apply(record.topic, event, handler)
+                with consume_span(record.topic, record.headers, event):
+                    await self._apply(record.topic, event, handler)
                 return
             except InvalidEvent as exc:
                 await self._dead_letter(record, exc)
@@ -198,13 +211,16 @@ class EventConsumer:
                     await self._dead_letter(record, exc)
                     return
                 log.warning("event %s failed (attempt %d): %r", event.id, attempt, exc)
+                count_consumed(record.topic, "retried")
 
     async def _apply(self, topic: str, event: CloudEvent, handler: Handler) -> None:
         async with self._uow.transaction() as tx:
             if not await tx.mark_processed(event.id, topic=topic):
+                count_consumed(topic, "duplicate")
                 return
             self._failpoints.hit("consumer.before_effect")
             await handler(tx, event)
+        count_consumed(topic, "applied")
         self._failpoints.hit("consumer.after_commit")
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], error: BaseException) -> None:
@@ -219,6 +235,7 @@ class EventConsumer:
             await self._dead_letters.publish([letter])
         except Exception as exc:
             raise Outage() from exc
+        count_dead_letter(record.topic)
 
     async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int | None) -> None:
         if offset is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from shared.envelope import utc_now
+from shared.settings import DatabaseSslMode, ServiceSettings
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -54,18 +56,53 @@ def is_postgres(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def make_engine(url: str, *, schema: str) -> AsyncEngine:
-    """An async engine with timeouts, so an unreachable database fails fast instead of hanging."""
+@dataclass(frozen=True, slots=True)
+class PostgresTls:
+    """TLS towards PostgreSQL, with libpq's sslmode meanings: `require` encrypts without checking the server,
+    `verify-ca` checks its certificate against `root_cert`, `verify-full` its host name too."""
+
+    mode: DatabaseSslMode
+    root_cert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> PostgresTls | None:
+        """The service's PostgreSQL TLS settings, or None when DATABASE_SSLMODE is unset (the URL decides)."""
+        if settings.database_sslmode is None:
+            return None
+        return cls(
+            mode=settings.database_sslmode,
+            root_cert=settings.database_sslrootcert,
+            cert=settings.database_sslcert,
+            key=settings.database_sslkey,
+        )
+
+    def asyncpg_ssl(self) -> ssl.SSLContext | bool:
+        """asyncpg's `ssl` argument: False for disable, else a context doing what the mode promises."""
+        if self.mode == "disable":
+            return False
+        context = ssl.create_default_context(cafile=self.root_cert)
+        if self.mode in ("require", "verify-ca"):
+            context.check_hostname = False
+        if self.mode == "require":
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert is not None:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+def make_engine(url: str, *, schema: str, tls: PostgresTls | None = None) -> AsyncEngine:
+    """An async engine with timeouts, so an unreachable database fails fast instead of hanging; `tls` applies to
+    PostgreSQL only."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _make_sqlite_engine(url)
+    connect_args: dict[str, Any] = {"server_settings": {"search_path": schema}, "timeout": 5, "command_timeout": 30}
+    if tls is not None:
+        connect_args["ssl"] = tls.asyncpg_ssl()
     return create_async_engine(
-        url,
-        pool_size=10,
-        max_overflow=10,
-        pool_timeout=5,
-        pool_pre_ping=True,
-        connect_args={"server_settings": {"search_path": schema}, "timeout": 5, "command_timeout": 30},
+        url, pool_size=10, max_overflow=10, pool_timeout=5, pool_pre_ping=True, connect_args=connect_args
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from shared.kafka import KafkaPublisher, OutboundRecord
+from shared.kafka import PLAINTEXT, KafkaPublisher, KafkaSecurity, OutboundRecord, client_options
 
 ERROR_HEADER_PREFIX = "baton_"
 
@@ -23,12 +23,16 @@ async def replay_dead_letters(
     *,
     event_ids: Collection[str] = (),
     timeout_seconds: float = 30.0,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> int:
     """Republish the dead letters of `dead_letter_topic` (all, or those with the given ce_id) and count them."""
-    letters = await _read_all(bootstrap_servers, dead_letter_topic, timeout_seconds)
+    letters = await _read_all(bootstrap_servers, dead_letter_topic, timeout_seconds, security)
     chosen = [letter for letter in letters if not event_ids or _header(letter, "ce_id") in event_ids]
     publisher = KafkaPublisher(
-        bootstrap_servers=bootstrap_servers, client_id="baton-dlq-replay", timeout_seconds=timeout_seconds
+        bootstrap_servers=bootstrap_servers,
+        client_id="baton-dlq-replay",
+        timeout_seconds=timeout_seconds,
+        security=security,
     )
     try:
         await publisher.publish([_original(letter) for letter in chosen])
@@ -49,8 +53,12 @@ def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
     return next((bytes(value).decode() for key, value in record.headers if key == name), None)
 
 
-async def _read_all(bootstrap_servers: str, topic: str, timeout_seconds: float) -> list[ConsumerRecord[Any, Any]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+async def _read_all(
+    bootstrap_servers: str, topic: str, timeout_seconds: float, security: KafkaSecurity
+) -> list[ConsumerRecord[Any, Any]]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False, **client_options(security)
+    )
     await asyncio.wait_for(consumer.start(), timeout_seconds)
     try:
         numbers = await asyncio.wait_for(_partition_numbers(consumer, topic), timeout_seconds)

@@ -13,6 +13,7 @@ from shared.db import advisory_lock_key, is_postgres
 from shared.envelope import utc_now
 from shared.failpoints import Failpoints
 from shared.kafka import OutboundRecord, Publisher
+from shared.metrics import count_produced, sample_outbox_backlog
 from shared.tables import OUTBOX
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class OutboxRelay:
     async def _relay(self) -> None:
         backoff = 0.1
         while not self._stopping:
+            await sample_outbox_backlog(self._sessions, self._outbox)
             try:
                 published = await self.publish_pending()
             except asyncio.CancelledError:
@@ -133,6 +135,7 @@ class OutboxRelay:
             if not rows:
                 return 0
             await self._publisher.publish([_to_record(row) for row in rows])
+            count_produced(row.topic for row in rows)
             self._failpoints.hit("relay.after_publish")
             ids = [row.id for row in rows]
             await session.execute(update(self._outbox).where(self._outbox.c.id.in_(ids)).values(sent_at=utc_now()))

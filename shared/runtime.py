@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.consumer import EventConsumer, Handler
-from shared.db import Migration, make_engine, make_sessions, migrate
+from shared.db import Migration, PostgresTls, make_engine, make_sessions, migrate
 from shared.failpoints import Failpoints
-from shared.kafka import KafkaPublisher, broker_reachable, ensure_topics
+from shared.kafka import KafkaPublisher, KafkaSecurity, broker_reachable, ensure_topics
+from shared.metrics import ServiceMetrics, metrics_context
 from shared.outbox import OutboxRelay
+from shared.retention import pruner
 from shared.settings import ServiceSettings
 from shared.topics import ALL_TOPICS, dead_letter_topic
 from shared.uow import UnitOfWork
@@ -54,6 +57,8 @@ class ServiceRuntime:
         self.relay: OutboxRelay | None = None
         self._consumer: EventConsumer | None = None
         self._failpoints = Failpoints(settings.failpoints)
+        self._kafka_security = KafkaSecurity.from_settings(settings)
+        self.metrics = ServiceMetrics()
 
     @property
     def uow(self) -> UnitOfWork:
@@ -66,7 +71,8 @@ class ServiceRuntime:
         """Migrate the database, then run the outbox relay and the consumer in the background."""
         settings = self.settings
         schema = settings.resolved_database_schema()
-        engine = self._engine = make_engine(settings.resolved_database_url(), schema=schema)
+        tls = PostgresTls.from_settings(settings)
+        engine = self._engine = make_engine(settings.resolved_database_url(), schema=schema, tls=tls)
         await migrate(engine, self._migrations, schema=schema)
         sessions = make_sessions(engine)
         self.relay = OutboxRelay(
@@ -86,18 +92,23 @@ class ServiceRuntime:
             self._spawn(self._consume(), "consumer")
         for number, work in enumerate(self._background):
             self._spawn(work(self._uow), f"background-{number}")
+        keep = pruner(self._metadata, outbox_keep=timedelta(hours=settings.outbox_retention_hours),
+                      inbox_keep=timedelta(days=settings.inbox_retention_days))  # fmt: skip
+        self._spawn(keep(self._uow), "retention")
 
     def _publisher(self, role: str) -> KafkaPublisher:
         publisher = KafkaPublisher(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             client_id=f"baton-{self.settings.service_name}-{role}",
             timeout_seconds=self.settings.broker_timeout_seconds,
+            security=self._kafka_security,
         )
         self._publishers.append(publisher)
         return publisher
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(work, name=f"{self.settings.service_name}-{name}"))
+        task_name, context = f"{self.settings.service_name}-{name}", metrics_context(self.metrics)
+        self._tasks.append(asyncio.create_task(work, name=task_name, context=context))
 
     async def _consume(self) -> None:
         await self._ensure_topics()
@@ -112,6 +123,7 @@ class ServiceRuntime:
             timeout_seconds=self.settings.broker_timeout_seconds,
             failpoints=self._failpoints,
             raw_topics=self._raw_topics,
+            security=self._kafka_security,
         )
         self._consumer = consumer
         await consumer.run()
@@ -129,6 +141,7 @@ class ServiceRuntime:
                     wanted,
                     partitions=self.settings.topic_partitions,
                     timeout_seconds=self.settings.broker_timeout_seconds,
+                    security=self._kafka_security,
                 )
                 return
             except Exception as exc:
@@ -157,7 +170,7 @@ class ServiceRuntime:
         """Whether the database and the broker answer right now."""
         return {
             "database": await self._database_answers(),
-            "broker": await broker_reachable(self.settings.kafka_bootstrap_servers),
+            "broker": await broker_reachable(self.settings.kafka_bootstrap_servers, security=self._kafka_security),
         }
 
     async def _database_answers(self) -> bool:
@@ -178,7 +191,7 @@ async def standalone_unit_of_work(
     """A unit of work on a service's database for command-line tools; the service's own relay publishes
     whatever events they leave in the outbox."""
     schema = settings.resolved_database_schema()
-    engine = make_engine(settings.resolved_database_url(), schema=schema)
+    engine = make_engine(settings.resolved_database_url(), schema=schema, tls=PostgresTls.from_settings(settings))
     try:
         await migrate(engine, migrations, schema=schema)
         yield UnitOfWork(make_sessions(engine), metadata, source=f"/baton/{settings.service_name}")

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.envelope import CloudEvent, utc_now
 from shared.events import EventPayload
 from shared.tables import INBOX, OUTBOX
+from shared.tracing import trace_headers
 
 
 class Transaction:
@@ -49,7 +50,7 @@ class Transaction:
             "topic": payload.TOPIC,
             "message_key": key,
             "value": value,
-            "headers": [[name, raw.decode()] for name, raw in headers],
+            "headers": [*([name, raw.decode()] for name, raw in headers), *trace_headers()],
             "created_at": utc_now(),
         }
 

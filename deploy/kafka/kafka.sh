@@ -4,6 +4,12 @@
 #   env: KAFKA_PORT (9092), KAFKA_DATA_DIR (<repo>/var/kafka-$KAFKA_PORT), KAFKA_VERSION (4.1.1), BATON_CACHE (<repo>/.cache)
 #   start: prints KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT as its last stdout line; with only KAFKA_BOOTSTRAP_SERVERS set
 #   it just waits for that server. stop: KAFKA_CLEAN=1 also deletes the data dir. kill: SIGKILL (fault tests).
+#   Client listener security: KAFKA_LISTENER_PROTOCOL = PLAINTEXT (default) | SASL_PLAINTEXT | SSL | SASL_SSL.
+#   SASL_*: user KAFKA_SASL_USERNAME (baton) with KAFKA_SASL_PASSWORD (required; letters, digits, . _ ~ + -), accepted
+#   with SCRAM-SHA-512 (stored at format time, so set it before the first start of a data dir) and PLAIN; the broker
+#   talks to itself with SCRAM, the controller listener stays PLAINTEXT on 127.0.0.1. SSL/SASL_SSL: a throwaway CA and
+#   broker certificate (SAN 127.0.0.1, localhost) under <data dir>/tls. start then also prints the client settings
+#   (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SSL_CAFILE) before the bootstrap line.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -91,11 +97,11 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$PROTOCOL://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$PROTOCOL://127.0.0.1:$KAFKA_PORT
+listener.security.protocol.map=$PROTOCOL:$PROTOCOL,CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
+inter.broker.listener.name=$PROTOCOL
 log.dirs=$DATA/data
 num.partitions=3
 auto.create.topics.enable=true
@@ -109,6 +115,73 @@ group.initial.rebalance.delay.ms=0
 broker.session.timeout.ms=3000
 broker.heartbeat.interval.ms=1000
 EOF
+  security_config >>"$DATA/server.properties"
+}
+
+# Which security the client listener speaks; validated before anything is written.
+setup_security() {
+  PROTOCOL=${KAFKA_LISTENER_PROTOCOL:-PLAINTEXT}
+  case $PROTOCOL in
+    PLAINTEXT | SSL) ;;
+    SASL_PLAINTEXT | SASL_SSL)
+      SASL_USER=${KAFKA_SASL_USERNAME:-baton}
+      SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-}
+      [[ -n $SASL_PASSWORD ]] || die "KAFKA_LISTENER_PROTOCOL=$PROTOCOL needs KAFKA_SASL_PASSWORD"
+      # The credentials go into a JAAS string and a StorageTool argument: keep them free of quoting characters.
+      [[ $SASL_USER =~ ^[A-Za-z0-9._~+-]+$ && $SASL_PASSWORD =~ ^[A-Za-z0-9._~+-]+$ ]] ||
+        die "KAFKA_SASL_USERNAME/PASSWORD may only contain letters, digits and . _ ~ + -"
+      ;;
+    *) die "KAFKA_LISTENER_PROTOCOL must be PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL (got $PROTOCOL)" ;;
+  esac
+  TLS=$DATA/tls
+}
+
+security_config() {
+  local listener
+  listener=$(tr '[:upper:]' '[:lower:]' <<<"$PROTOCOL")
+  if [[ $PROTOCOL == SASL_* ]]; then
+    cat <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.$listener.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$SASL_USER" password="$SASL_PASSWORD";
+listener.name.$listener.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$SASL_USER" password="$SASL_PASSWORD" user_$SASL_USER="$SASL_PASSWORD";
+EOF
+  fi
+  if [[ $PROTOCOL == *SSL ]]; then
+    cat <<EOF
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS/ca.pem
+ssl.endpoint.identification.algorithm=https
+EOF
+  fi
+}
+
+# A throwaway CA and a broker certificate it signs, for 127.0.0.1 and localhost; kept with the data dir.
+make_certificates() {
+  [[ -f $TLS/broker.pem ]] && return 0
+  command -v openssl >/dev/null || die "openssl not found (needed for KAFKA_LISTENER_PROTOCOL=$PROTOCOL)"
+  mkdir -p "$TLS"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=baton-dev-ca" \
+    -keyout "$TLS/ca.key" -out "$TLS/ca.pem" 2>/dev/null || die "openssl: CA failed"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$TLS/broker.key" -out "$TLS/broker.csr" \
+    2>/dev/null || die "openssl: broker key failed"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TLS/san.ext"
+  openssl x509 -req -in "$TLS/broker.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial -days 30 \
+    -extfile "$TLS/san.ext" -out "$TLS/broker.crt" 2>/dev/null || die "openssl: signing failed"
+  # Kafka's PEM keystore: an unencrypted PKCS#8 key followed by the certificate chain, in one file.
+  { openssl pkcs8 -topk8 -nocrypt -in "$TLS/broker.key" && cat "$TLS/broker.crt" "$TLS/ca.pem"; } >"$TLS/broker.pem" ||
+    die "openssl: keystore failed"
+}
+
+# What a client needs besides the bootstrap address (printed before it, so the bootstrap line stays last).
+print_client_settings() {
+  [[ $PROTOCOL == PLAINTEXT ]] && return 0
+  echo "KAFKA_SECURITY_PROTOCOL=$PROTOCOL"
+  if [[ $PROTOCOL == SASL_* ]]; then echo "KAFKA_SASL_MECHANISM=SCRAM-SHA-512"; fi
+  if [[ $PROTOCOL == *SSL ]]; then echo "KAFKA_SSL_CAFILE=$TLS/ca.pem"; fi
+  return 0
 }
 
 cmd_start() {
@@ -125,9 +198,11 @@ cmd_start() {
     return 0
   fi
   setup_paths
+  setup_security
   local pid
   if pid=$(live_pid); then
     log "already running (pid $pid, data dir $DATA)"
+    print_client_settings
     echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT"
     return 0
   fi
@@ -137,13 +212,20 @@ cmd_start() {
 
   mkdir -p "$DATA/logs"
   if [[ $DATA == "$REPO/var/"* && ! -f $REPO/var/.gitignore ]]; then echo '*' >"$REPO/var/.gitignore"; fi
+  # server.properties may hold the SASL password; the TLS dir holds private keys
+  : >"$DATA/server.properties"
+  chmod 600 "$DATA/server.properties"
+  if [[ $PROTOCOL == *SSL ]]; then (umask 077 && make_certificates) || exit 1; fi
   write_config
   local jvm=(java -Xms128m -Xmx512m -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$HERE/log4j2.xml" "-Dkafka.logs.dir=$DATA/logs" -cp "$LIBS/*")
   if [[ ! -f $DATA/data/meta.properties ]]; then
     log "formatting storage in $DATA/data"
+    local scram=()
+    # KRaft keeps SCRAM credentials in the metadata log: they must exist before the broker authenticates to itself.
+    [[ $PROTOCOL == SASL_* ]] && scram=(--add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
     "${jvm[@]}" -Dkafka.log.name=storage-format.log kafka.tools.StorageTool format --ignore-formatted -t "$(cluster_id)" \
-      -c "$DATA/server.properties" >&2 || die "storage format failed"
+      -c "$DATA/server.properties" "${scram[@]}" >&2 || die "storage format failed"
   fi
 
   # keep the previous run's log for post-mortems; a fresh file means no stale "started" line
@@ -170,7 +252,8 @@ cmd_start() {
     fi
     sleep 0.3
   done
-  log "ready (pid $(cat "$PIDFILE"))"
+  log "ready (pid $(cat "$PIDFILE"), $PROTOCOL)"
+  print_client_settings
   echo "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT"
 }
 

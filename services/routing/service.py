@@ -18,6 +18,7 @@ from services.routing.domain import Decision, decide
 from services.routing.rules import DEFAULT_POLICY, RoutingPolicy, lead_view
 from shared.envelope import utc_now
 from shared.events import LeadErasedV1, LeadRoutedV1, LeadScoredV1, OutcomeRecordedV1, RoutingKind
+from shared.metrics import count_sla_miss, observe_speed_to_lead
 from shared.privacy import forget_sent_events, is_erased, mark_erased, strip_personal
 from shared.problems import ProblemError
 from shared.uow import Transaction, UnitOfWork
@@ -43,7 +44,8 @@ async def route_scored_lead(tx: Transaction, scored: LeadScoredV1) -> None:
                 verdict=scored.verdict, updated_at=utc_now(),
             )  # fmt: skip
         return
-    await _route(tx, lead, now=utc_now(), current=None, cause=None)
+    routed = await _route(tx, lead, now=utc_now(), current=None, cause=None)
+    observe_speed_to_lead(lead.get("captured_at"), routed.routed_at)
 
 
 async def _route(
@@ -185,6 +187,7 @@ async def _breach(tx: Transaction, current: dict[str, Any], *, now: datetime) ->
     rep_row = await store.load_rep_row(tx.session, rep_id=missed_by)
     await store.release_capacity(tx.session, rep_id=missed_by)
     misses = await store.count_miss(tx.session, rep_id=missed_by)
+    count_sla_miss()
     deadline = current["sla_deadline"]
     breach = f"{rep_row['name'] if rep_row else missed_by} did not accept by {deadline.isoformat()} (miss #{misses})"
     await publish(tx, _event(current, "sla_breached", now, breach, rep_row, previous_rep_id=missed_by),

@@ -7,8 +7,14 @@ import random
 import socket
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr, TypeAdapter
+
+from shared.kafka import PLAINTEXT, KafkaSecurity
+from shared.settings import KafkaSaslMechanism, KafkaSecurityProtocol
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -52,10 +58,21 @@ def _run_script(script: Path, command: str, env: dict[str, str], *, timeout: flo
 
 
 def _last_assignment(output: str, name: str) -> str:
+    value = _assignment(output, name)
+    if value is None:
+        raise RuntimeError(f"no {name}= line in:\n{output}")
+    return value
+
+
+def _assignment(output: str, name: str) -> str | None:
     for line in reversed(output.strip().splitlines()):
         if line.startswith(name + "="):
             return line.split("=", 1)[1]
-    raise RuntimeError(f"no {name}= line in:\n{output}")
+    return None
+
+
+ListenerProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"]
+SASL_USERNAME = "baton"
 
 
 @dataclass
@@ -65,17 +82,43 @@ class KafkaBroker:
     bootstrap_servers: str
     env: dict[str, str]
     owned: bool
+    # What a client of this broker needs besides the address: the services' environment and in-process clients'
+    # security (both plaintext unless the broker was started with another listener protocol).
+    client_env: dict[str, str] = field(default_factory=dict)
+    security: KafkaSecurity = PLAINTEXT
 
     @classmethod
-    def start(cls, run_dir: Path, *, use_given: bool = True) -> KafkaBroker:
-        """Use KAFKA_BOOTSTRAP_SERVERS if set (and allowed), else start a single-node KRaft broker on a free port."""
-        given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") if use_given else None
+    def start(
+        cls,
+        run_dir: Path,
+        *,
+        use_given: bool = True,
+        listener: ListenerProtocol = "PLAINTEXT",
+        sasl_password: str | None = None,
+    ) -> KafkaBroker:
+        """Use KAFKA_BOOTSTRAP_SERVERS if set (and allowed, and plaintext is asked for), else start a single-node
+        KRaft broker on a free port whose client listener speaks `listener` (SASL_*: user `baton`, SCRAM-SHA-512
+        or PLAIN, with `sasl_password`; *SSL: a throwaway CA, whose file the client settings name)."""
+        given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") if use_given and listener == "PLAINTEXT" else None
         if given:
             return cls(bootstrap_servers=given, env={}, owned=False)
         port = free_port()
         env = {"KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(run_dir / f"kafka-{port}")}
+        if listener != "PLAINTEXT":
+            env["KAFKA_LISTENER_PROTOCOL"] = listener
+        if listener.startswith("SASL_"):
+            if not sasl_password:
+                raise ValueError(f"a {listener} broker needs a sasl_password")
+            env |= {"KAFKA_SASL_USERNAME": SASL_USERNAME, "KAFKA_SASL_PASSWORD": sasl_password}
         output = _run_script(KAFKA_SCRIPT, "start", env)
-        return cls(bootstrap_servers=_last_assignment(output, "KAFKA_BOOTSTRAP_SERVERS"), env=env, owned=True)
+        client_env = _client_env(output, sasl_password if listener.startswith("SASL_") else None)
+        return cls(
+            bootstrap_servers=_last_assignment(output, "KAFKA_BOOTSTRAP_SERVERS"),
+            env=env,
+            owned=True,
+            client_env=client_env,
+            security=_security(client_env),
+        )
 
     def restart(self) -> None:
         """Start the same broker again after `stop` or `kill` (same port, same data)."""
@@ -89,6 +132,32 @@ class KafkaBroker:
     def kill(self) -> None:
         """SIGKILL the broker (it keeps its data for `restart`)."""
         _run_script(KAFKA_SCRIPT, "kill", self.env)
+
+
+def _client_env(output: str, sasl_password: str | None) -> dict[str, str]:
+    """The client settings kafka.sh printed, plus the credentials it was given (it never prints those)."""
+    names = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SSL_CAFILE")
+    env = {name: value for name in names if (value := _assignment(output, name)) is not None}
+    if sasl_password is not None:
+        env |= {"KAFKA_SASL_USERNAME": SASL_USERNAME, "KAFKA_SASL_PASSWORD": sasl_password}
+    return env
+
+
+def _security(client_env: dict[str, str]) -> KafkaSecurity:
+    """The same settings as a KafkaSecurity, for clients the tests run in-process."""
+    if "KAFKA_SECURITY_PROTOCOL" not in client_env:
+        return PLAINTEXT
+    password = client_env.get("KAFKA_SASL_PASSWORD")
+    cafile = client_env.get("KAFKA_SSL_CAFILE")
+    return KafkaSecurity(
+        protocol=TypeAdapter(KafkaSecurityProtocol).validate_python(client_env["KAFKA_SECURITY_PROTOCOL"]),
+        sasl_mechanism=TypeAdapter(KafkaSaslMechanism).validate_python(
+            client_env.get("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+        ),
+        sasl_username=client_env.get("KAFKA_SASL_USERNAME"),
+        sasl_password=SecretStr(password) if password else None,
+        ssl_cafile=Path(cafile) if cafile else None,
+    )
 
 
 @dataclass

@@ -10,6 +10,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from shared.kafka import PLAINTEXT, KafkaSecurity, client_options
+
 
 async def read_topic(
     bootstrap_servers: str,
@@ -17,9 +19,12 @@ async def read_topic(
     *,
     until: Callable[[list[ConsumerRecord[Any, Any]]], bool],
     timeout: float = 60.0,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[ConsumerRecord[Any, Any]]:
     """Every record of `topic` from offset 0, read until `until(records)` holds or the deadline passes."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None, **client_options(security)
+    )
     await consumer.start()
     records: list[ConsumerRecord[Any, Any]] = []
     try:

@@ -101,8 +101,11 @@ class Stack:
     database_url: str = ""
 
     @classmethod
-    def create(cls, *, bootstrap_servers: str, database_url: str, log_dir: Path) -> Stack:
-        """Describe the stack; nothing starts until `start`."""
+    def create(
+        cls, *, bootstrap_servers: str, database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None
+    ) -> Stack:
+        """Describe the stack (every service also gets `extra_env`, e.g. broker security); nothing starts until
+        `start`."""
         stack = cls()
         log_dir.mkdir(parents=True, exist_ok=True)
         for name in SERVICES:
@@ -113,6 +116,7 @@ class Stack:
                 "BATON_ADMIN_KEY": stack.admin_key,
                 prefix + "DATABASE_URL": database_url,
                 prefix + "PORT": str(port),
+                **(extra_env or {}),
             }
             stack.services[name] = ServiceProcess(name, port, env, log_dir / f"{name}.log")
         return stack

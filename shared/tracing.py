@@ -1,0 +1,183 @@
+"""W3C trace context from the HTTP request through every Kafka hop, so one lead's path is one trace.
+
+An incoming `traceparent` (or a new trace) becomes the request's server span; events emitted meanwhile carry it in
+the outbox row as the CloudEvents distributed-tracing extension, which Kafka's binary mode spells
+`ce_traceparent` / `ce_tracestate`; a consumer applies each event in a child span of that context, so what its
+handler emits stays in the same trace. Logs carry the current trace id and lead id.
+
+Spans go nowhere by default. With OTEL_EXPORTER_OTLP_ENDPOINT set they are exported over OTLP/HTTP, provided the
+exporter is installed (`pip install opentelemetry-exporter-otlp-proto-http==1.45.2`; it is not a dependency:
+it brings protobuf and requests along for something most runs do not use).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.envelope import CloudEvent
+from shared.metrics import route_template
+
+log = logging.getLogger(__name__)
+
+# The CloudEvents distributed-tracing extension's attributes, as Kafka binary-mode headers.
+TRACE_HEADERS = {"ce_traceparent": "traceparent", "ce_tracestate": "tracestate"}
+# What other Kafka instrumentation (OpenTelemetry's own) writes: read when the extension is absent.
+PLAIN_TRACE_HEADERS = {"traceparent": "traceparent", "tracestate": "tracestate"}
+OTLP_EXPORTER_MODULE = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_lead_id: ContextVar[str | None] = ContextVar("baton_lead_id", default=None)
+_request_scope: ContextVar[Mapping[str, Any] | None] = ContextVar("baton_request_scope", default=None)
+
+
+def configure_tracing(service_name: str) -> None:
+    """Install the SDK tracer provider once per process (the first service started in a process names it)."""
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": f"baton-{service_name}"}))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        _add_otlp_exporter(provider)
+    trace.set_tracer_provider(provider)
+
+
+def _add_otlp_exporter(provider: TracerProvider) -> None:
+    try:
+        exporter_module = importlib.import_module(OTLP_EXPORTER_MODULE)
+    except ImportError:
+        log.warning(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but %s is not installed: spans are not exported", OTLP_EXPORTER_MODULE
+        )
+        return
+    # The exporter reads the endpoint, headers and timeout from the standard OTEL_EXPORTER_OTLP_* variables.
+    provider.add_span_processor(BatchSpanProcessor(exporter_module.OTLPSpanExporter()))
+
+
+def _tracer() -> trace.Tracer:
+    return trace.get_tracer("baton")
+
+
+def current_trace_id() -> str | None:
+    """The current trace id as 32 hex digits, if a span is current."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def current_lead_id() -> str | None:
+    """The lead being worked on: the consumed event's subject, else the request path's `{lead_id}`."""
+    lead_id = _lead_id.get()
+    if lead_id:
+        return lead_id
+    scope = _request_scope.get()
+    found = (scope or {}).get("path_params", {}).get("lead_id")
+    return str(found) if found else None
+
+
+def log_fields() -> dict[str, str]:
+    """`trace_id` and `lead_id` for a log line, where known."""
+    fields = {"trace_id": current_trace_id(), "lead_id": current_lead_id()}
+    return {name: value for name, value in fields.items() if value}
+
+
+def trace_headers() -> list[list[str]]:
+    """The current trace context as outbox header pairs (`ce_traceparent`, `ce_tracestate`); none outside a span."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return [[f"ce_{name}", value] for name, value in carrier.items()]
+
+
+def _carrier(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
+    plain: dict[str, str] = {}
+    extension: dict[str, str] = {}
+    for name, raw in headers:
+        if raw is None:
+            continue
+        if name in TRACE_HEADERS:
+            extension[TRACE_HEADERS[name]] = raw.decode("latin-1")
+        elif name in PLAIN_TRACE_HEADERS:
+            plain[PLAIN_TRACE_HEADERS[name]] = raw.decode("latin-1")
+    return extension or plain
+
+
+@contextmanager
+def consume_span(topic: str, headers: Sequence[tuple[str, bytes | None]], event: CloudEvent) -> Iterator[Span]:
+    """Apply `event` in a child span of the trace its record carries (a new trace if none); its subject is the
+    lead id of the logs meanwhile."""
+    parent = _PROPAGATOR.extract(_carrier(headers))
+    attributes = {
+        "messaging.system": "kafka",
+        "messaging.destination.name": topic,
+        "messaging.operation.type": "process",
+        "cloudevents.event_id": event.id,
+        "cloudevents.event_type": event.type,
+        "cloudevents.event_subject": event.subject,
+    }
+    token = _lead_id.set(event.subject or None)
+    try:
+        with _tracer().start_as_current_span(
+            f"process {topic}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            yield span
+    finally:
+        _lead_id.reset(token)
+
+
+class TraceMiddleware:
+    """Runs each HTTP request in a server span continuing the caller's `traceparent`, or starting a trace."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in (b"traceparent", b"tracestate")
+        }
+        status = 500
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        # The router fills this very scope with the route and path parameters: logs read the lead id from it.
+        token = _request_scope.set(scope)
+        method = scope["method"]
+        try:
+            with _tracer().start_as_current_span(
+                method, context=_PROPAGATOR.extract(carrier), kind=SpanKind.SERVER
+            ) as span:
+                try:
+                    await self.app(scope, receive, send_observed)
+                finally:
+                    route = route_template(scope)
+                    span.update_name(f"{method} {route}")
+                    span.set_attributes({"http.request.method": method, "http.route": route})
+                    span.set_attribute("http.response.status_code", status)
+        finally:
+            _request_scope.reset(token)
+
+
+def install_tracing(app: FastAPI, service_name: str) -> None:
+    """Trace the app's requests; installs the process's tracer provider if none is yet."""
+    configure_tracing(service_name)
+    app.add_middleware(TraceMiddleware)

@@ -1,0 +1,179 @@
+"""W3C trace context: from the HTTP request into the outbox, and from a consumed event into what its handler emits."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.lead_intake import store as intake_store
+from services.lead_intake.app import create_app
+from services.lead_intake.settings import Settings
+from shared.consumer import EventConsumer
+from shared.db import make_sessions, migrate
+from shared.envelope import CloudEvent
+from shared.events import LeadRoutedV1, LeadScoredV1, parse_payload
+from shared.logs import JsonFormatter
+from shared.tables import OUTBOX
+from shared.tracing import configure_tracing, consume_span, install_tracing, log_fields
+from shared.uow import Transaction, UnitOfWork
+from tests.support.inprocess import ADMIN_KEY, offline_settings, running
+from tests.unit.fakes import FakePublisher, messaging_schema
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+TOPIC = "leads.scored"
+PARTITION = TopicPartition(TOPIC, 0)
+METADATA, MIGRATIONS = messaging_schema()
+_AT = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def tracer_provider() -> None:
+    configure_tracing("unit")
+
+
+def trace_id_of(traceparent: str) -> str:
+    version, trace_id, span_id, flags = traceparent.split("-")
+    assert (version, len(trace_id), len(span_id)) == ("00", 32, 16)
+    assert int(flags, 16) & 1, "sampled"
+    return trace_id
+
+
+def headers_of(row: Any) -> dict[str, str]:
+    return {name: value for name, value in row.headers}
+
+
+class FakeKafkaConsumer:
+    """Accepts commits and seeks."""
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Nothing to remember."""
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Nothing to move."""
+
+
+async def routes_every_scored_lead(tx: Transaction, event: CloudEvent) -> None:
+    """A handler emitting one event, as routing does for each scored lead."""
+    scored = parse_payload(event, LeadScoredV1)
+    await tx.emit(LeadRoutedV1(lead_id=scored.lead_id, assignment_id="a", kind="unassigned", reason="r", score=1,
+                               routed_at=scored.scored_at))  # fmt: skip
+
+
+def scored_record(offset: int, lead_id: str, trace: list[tuple[str, bytes]]) -> Any:
+    scored = LeadScoredV1(
+        lead_id=lead_id, score=60, verdict="qualified", model_version="v1", contributions=(), scored_at=_AT
+    )
+    key, value, headers = scored.to_event(source="/baton/scoring").to_kafka()
+    return ConsumerRecord(
+        topic=TOPIC, partition=0, offset=offset, timestamp=0, timestamp_type=0, key=key, value=value, checksum=None,
+        serialized_key_size=len(key), serialized_value_size=len(value), headers=[*headers, *trace],
+    )  # fmt: skip
+
+
+async def outbox_rows(uow: UnitOfWork, metadata: Any) -> list[Any]:
+    outbox = metadata.tables[OUTBOX]
+    async with uow.read() as session:
+        return list((await session.execute(select(outbox).order_by(outbox.c.id))).all())
+
+
+# --- HTTP -> outbox ------------------------------------------------------------------------------------------------
+
+
+async def test_request_traceparent_reaches_the_outbox_rows_headers(tmp_path: Path) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with running(create_app, offline_settings(Settings, tmp_path)) as (app, client):
+        answer = await client.post(
+            "/v1/leads", json={"email": "ada@acme.example"}, headers={**admin, "traceparent": TRACEPARENT}
+        )
+        assert answer.status_code == 202, answer.text
+        untraced = await client.post("/v1/leads", json={"email": "ken@firm.example"}, headers=admin)
+        assert untraced.status_code == 202, untraced.text
+        first, second = await outbox_rows(app.state.runtime.uow, intake_store.metadata)
+
+    assert trace_id_of(headers_of(first)["ce_traceparent"]) == TRACE_ID
+    assert headers_of(first)["ce_traceparent"] != TRACEPARENT  # a child span of the caller's, same trace
+    assert trace_id_of(headers_of(second)["ce_traceparent"]) not in (TRACE_ID, "0" * 32)  # a trace of its own
+
+
+async def test_logs_in_a_request_carry_its_trace_id_and_the_paths_lead_id() -> None:
+    app = FastAPI()
+    install_tracing(app, "unit")
+
+    @app.get("/leads/{lead_id}")
+    async def fields(lead_id: str) -> dict[str, str]:
+        return log_fields()
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://unit") as client:
+        answer = await client.get("/leads/lead-7", headers={"traceparent": TRACEPARENT})
+
+    assert answer.json() == {"trace_id": TRACE_ID, "lead_id": "lead-7"}
+
+
+# --- Kafka -> handler -> outbox --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def consumer_uow(engine: AsyncEngine) -> UnitOfWork:
+    await migrate(engine, MIGRATIONS, schema="unit")
+    return UnitOfWork(make_sessions(engine), METADATA, source="/baton/routing")
+
+
+def routing_consumer(uow: UnitOfWork) -> EventConsumer:
+    return EventConsumer(
+        bootstrap_servers="unused:9092", group_id="unit", topics=[TOPIC],
+        handlers={LeadScoredV1.EVENT_TYPE: routes_every_scored_lead}, uow=uow, dead_letters=FakePublisher(),
+    )  # fmt: skip
+
+
+async def test_consumed_events_trace_continues_in_the_events_its_handler_emits(consumer_uow: UnitOfWork) -> None:
+    records = [
+        scored_record(0, "lead-1", [("ce_traceparent", TRACEPARENT.encode())]),
+        scored_record(1, "lead-2", [("traceparent", TRACEPARENT.replace(TRACE_ID, "1" * 32).encode())]),
+        scored_record(2, "lead-3", []),
+    ]
+    await routing_consumer(consumer_uow)._process_partition(FakeKafkaConsumer(), PARTITION, records)
+
+    traced, plain, untraced = [headers_of(row) for row in await outbox_rows(consumer_uow, METADATA)]
+    assert trace_id_of(traced["ce_traceparent"]) == TRACE_ID
+    assert trace_id_of(plain["ce_traceparent"]) == "1" * 32  # OpenTelemetry's own Kafka header is honoured too
+    assert trace_id_of(untraced["ce_traceparent"]) not in (TRACE_ID, "1" * 32)  # a new trace starts here
+
+
+async def test_a_batch_applies_each_event_in_its_own_trace(consumer_uow: UnitOfWork) -> None:
+    other = TRACEPARENT.replace(TRACE_ID, "2" * 32)
+    batch = {
+        PARTITION: [
+            scored_record(0, "lead-1", [("ce_traceparent", TRACEPARENT.encode())]),
+            scored_record(1, "lead-2", [("ce_traceparent", other.encode()), ("ce_tracestate", b"vendor=x")]),
+        ]
+    }
+    assert await routing_consumer(consumer_uow)._apply_batch(FakeKafkaConsumer(), batch)
+
+    first, second = [headers_of(row) for row in await outbox_rows(consumer_uow, METADATA)]
+    assert trace_id_of(first["ce_traceparent"]) == TRACE_ID
+    assert trace_id_of(second["ce_traceparent"]) == "2" * 32
+    assert second["ce_tracestate"] == "vendor=x"
+
+
+def test_json_logs_name_the_trace_and_the_lead_while_an_event_is_applied() -> None:
+    event = CloudEvent(type="t", source="s", subject="lead-5", data={})
+    formatter = JsonFormatter("routing")
+    record = logging.LogRecord("unit", logging.INFO, __file__, 1, "routing", None, None)
+
+    with consume_span(TOPIC, [("ce_traceparent", TRACEPARENT.encode())], event):
+        inside = orjson.loads(formatter.format(record))
+    outside = orjson.loads(formatter.format(record))
+
+    assert (inside["trace_id"], inside["lead_id"]) == (TRACE_ID, "lead-5")
+    assert "trace_id" not in outside and "lead_id" not in outside
