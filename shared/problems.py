@@ -66,7 +66,8 @@ def field_errors(errors: Any) -> list[dict[str, str]]:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    """Make every error, including unexpected ones, an RFC 9457 document."""
+    """Make every error, including unexpected ones, an RFC 9457 document (and say so in the OpenAPI document)."""
+    _document_problems(app)
 
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
@@ -84,6 +85,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_unstorable_text(exc):
+            return problem_response(422, "text contains a NUL character (U+0000), which cannot be stored")
         if is_outage(exc):
             log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
             return problem_response(
@@ -93,3 +96,57 @@ def install_problem_handlers(app: FastAPI) -> None:
             )
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "internal error; nothing was stored")
+
+
+# PostgreSQL refusing U+0000: "character not in repertoire" (text columns), "untranslatable character" (jsonb).
+_NUL_IN_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def is_unstorable_text(exc: BaseException) -> bool:
+    """True when the database refused a value because its text holds a NUL character: bad input, not a fault."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if _NUL_IN_TEXT_SQLSTATES & {getattr(seen, "sqlstate", None), getattr(seen, "pgcode", None)}:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+def _document_problems(app: FastAPI) -> None:
+    # FastAPI documents 422 as application/json HTTPValidationError; the handlers above answer problem+json.
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build_openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        for operation in (op for path in schema.get("paths", {}).values() for op in path.values()):
+            invalid = operation.get("responses", {}).get("422")
+            if invalid is not None:
+                invalid["content"] = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

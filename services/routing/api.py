@@ -30,6 +30,8 @@ from shared.problems import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["routing"])
 RepIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+# Versions live in a PostgreSQL INTEGER column: a larger number can name no policy (422, not a driver error).
+PolicyVersion = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 # --- reps --------------------------------------------------------------------------------------------------------
@@ -154,7 +156,7 @@ async def get_policies(uow: UowDep, _: PrincipalDep) -> list[PolicyOut]:
 
 
 @router.get("/routing/policies/{version}", response_model=PolicyOut, tags=["routing policies"])
-async def get_policy(version: int, uow: UowDep, _: PrincipalDep) -> PolicyOut:
+async def get_policy(version: PolicyVersion, uow: UowDep, _: PrincipalDep) -> PolicyOut:
     """One policy version."""
     async with uow.read() as session:
         row = await store.load_policy(session, version=version)
@@ -164,7 +166,7 @@ async def get_policy(version: int, uow: UowDep, _: PrincipalDep) -> PolicyOut:
 
 
 @router.post("/routing/policies/{version}/activate", response_model=PolicyOut, tags=["routing policies"])
-async def post_activate(version: int, uow: UowDep, _: AdminDep) -> PolicyOut:
+async def post_activate(version: PolicyVersion, uow: UowDep, _: AdminDep) -> PolicyOut:
     """Route every new lead with this version from now on."""
     return _policy_out(await admin.activate_policy(uow, version=version))
 

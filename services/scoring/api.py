@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from services.scoring import store
@@ -18,6 +18,9 @@ from shared.events import ScoreContribution
 from shared.problems import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["scores"])
+
+# Versions live in a PostgreSQL INTEGER column: a larger number can name no model (422, not a driver error).
+Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 class LeadScore(BaseModel):
@@ -81,7 +84,7 @@ async def get_models(uow: UowDep, _: PrincipalDep) -> list[ModelOut]:
 
 
 @router.get("/scoring/models/{version}", response_model=ModelOut, tags=["scoring models"])
-async def get_model(version: int, uow: UowDep, _: PrincipalDep) -> ModelOut:
+async def get_model(version: Version, uow: UowDep, _: PrincipalDep) -> ModelOut:
     """One model version."""
     async with uow.read() as session:
         row = await store.load_model(session, version=version)
@@ -92,7 +95,7 @@ async def get_model(version: int, uow: UowDep, _: PrincipalDep) -> ModelOut:
 
 @router.post("/scoring/models/{version}/dry-run", tags=["scoring models"])
 async def post_dry_run(
-    version: int, uow: UowDep, _: PrincipalDep, last: Annotated[int, Query(ge=1, le=10_000)] = 500
+    version: Version, uow: UowDep, _: PrincipalDep, last: Annotated[int, Query(ge=1, le=10_000)] = 500
 ) -> dict[str, Any]:
     """What this version would do to the last N leads, without changing anything."""
     model = await get_model(version, uow, _)
@@ -101,7 +104,7 @@ async def post_dry_run(
 
 
 @router.post("/scoring/models/{version}/activate", status_code=202, tags=["scoring models"])
-async def post_activate(version: int, uow: UowDep, _: AdminDep) -> dict[str, Any]:
+async def post_activate(version: Version, uow: UowDep, _: AdminDep) -> dict[str, Any]:
     """Put this version in force; open leads are re-scored in the background (follow the job)."""
     await get_model(version, uow, _)
     job_id = await activate(uow, version=version)
