@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-faults bench bench-routing bench-feedback bench-scoring lint unit integration e2e install kafka-install browser-deps clean
+.PHONY: run test test-faults fuzz bench bench-intake bench-routing bench-feedback bench-scoring lint unit integration e2e install kafka-install browser-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,23 @@ test: install kafka-install browser-deps lint
 test-faults: install kafka-install
 	BATON_FAULTS=full $(PY) -m pytest -q -p no:cacheprovider tests/faults
 
-## bench: measurements, not tests (throughput of POST /v1/leads on one worker with PostgreSQL)
+## fuzz: schemathesis against each service's OpenAPI on the real stack (Kafka + PostgreSQL), valid and invalid data
+## with the admin key and none: no 5xx, responses as documented; at least FUZZ_REQUESTS (1,000) requests per service,
+## totals per service and var/reports/fuzz-*.json. BATON_FUZZ_SEED=<n> replays a run (the table prints its seed).
+FUZZ_REQUESTS ?= 1000
+BATON_FUZZ_SEED ?= random
+fuzz: install kafka-install
+	BATON_FUZZ_REQUESTS=$(FUZZ_REQUESTS) BATON_FUZZ_SEED=$(BATON_FUZZ_SEED) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+
+## bench: speed to lead (202 -> leads.routed) at 50/100/200/500 leads/s through the four services, the maximum
+## sustained rate, and the same run's baselines (raw three-hop aiokafka relay, bare FastAPI endpoint); a table,
+## var/reports/bench-*.json and a PNG. BENCH_SECONDS (30) per rate, BENCH_SUSTAIN_SECONDS (60) per search step.
 bench: install kafka-install
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	$(PY) bench/speed_to_lead.py
+
+## bench-intake: measurements, not tests (throughput of POST /v1/leads on one worker with PostgreSQL)
+bench-intake: install kafka-install
 	command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk
 	$(PY) bench/intake_throughput.py
 

@@ -1,0 +1,174 @@
+"""What runs beside the load: the subscriber that sees each routing decision, and the once-a-second samplers of
+CPU per process and consumer lag per group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psutil  # type: ignore[import-untyped,unused-ignore]  # no stubs; make lint runs without .[bench]
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from shared.topics import LEADS_ROUTED
+from speed.load import Ledger
+
+ProcessFinder = Callable[[], list[psutil.Process]]
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
+    """The partitions of `topic`, waiting (with a deadline) until its metadata is known."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        numbers = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
+        if numbers:
+            return [TopicPartition(topic, number) for number in sorted(numbers)]
+        await asyncio.sleep(0.1)  # poll
+    raise RuntimeError(f"topic {topic} does not exist")
+
+
+class RoutedWatcher:
+    """Reads leads.routed outside any group, from its end as of `start`, and notes when each decision is seen."""
+
+    def __init__(self, bootstrap_servers: str, ledger: Ledger) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+        self._ledger = ledger
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Position at the end of every partition, then read in the background."""
+        await self._consumer.start()
+        partitions = await topic_partitions(self._consumer, LEADS_ROUTED)
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            await self._consumer.position(partition)  # resolve "end" now, before any lead is sent
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100)
+            seen = time.monotonic()
+            for records in batches.values():
+                for record in records:
+                    payload = orjson.loads(record.value)
+                    self._ledger.decision(record.key.decode(), payload["kind"], payload["assignment_id"], seen)
+
+    async def stop(self) -> None:
+        """Stop reading."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+
+@dataclass
+class CpuSampler:
+    """cpu_percent of named groups of processes (a service, Kafka's JVM, PostgreSQL and its backends)."""
+
+    finders: dict[str, ProcessFinder] = field(default_factory=dict)
+    _known: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def sample(self) -> dict[str, float]:
+        """Percent of one core each group used since the previous sample (100 = one core busy)."""
+        shares: dict[str, float] = {}
+        for label, find in self.finders.items():
+            total = 0.0
+            for process in find():
+                known = self._known.setdefault(process.pid, process)
+                with contextlib.suppress(psutil.Error):
+                    total += known.cpu_percent(None)
+            shares[label] = round(total, 1)
+        return shares
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (empty once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def find_by_cmdline(*fragments: str) -> ProcessFinder:
+    """The first process (with descendants) whose command line contains every fragment; looked up again when gone."""
+    found: list[int] = []
+
+    def find() -> list[psutil.Process]:
+        if not found or not psutil.pid_exists(found[0]):
+            found[:] = [
+                process.pid
+                for process in psutil.process_iter(["cmdline"])
+                if all(fragment in " ".join(process.info["cmdline"] or ()) for fragment in fragments)
+            ][:1]
+        return process_tree(found[0]) if found else []
+
+    return find
+
+
+class LagSampler:
+    """Per Baton consumer group: end offsets minus committed offsets, summed over its partitions."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+
+    async def start(self) -> None:
+        """Connect."""
+        await self._admin.start()
+        await self._consumer.start()
+
+    async def sample(self) -> dict[str, int]:
+        """Lag of each `baton-*` group now."""
+        groups = sorted(group for group, _ in await self._admin.list_consumer_groups() if group.startswith("baton-"))
+        lags: dict[str, int] = {}
+        for group in groups:
+            committed = await self._admin.list_consumer_group_offsets(group)
+            partitions = [tp for tp, meta in committed.items() if meta.offset >= 0]
+            ends = await self._consumer.end_offsets(partitions) if partitions else {}
+            lags[group] = sum(max(0, ends[tp] - committed[tp].offset) for tp in partitions)
+        return lags
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        await self._consumer.stop()
+        await self._admin.close()
+
+
+@dataclass
+class Monitor:
+    """Samples CPU, consumer lag and the end-to-end backlog once a second, each sample tagged with the phase."""
+
+    cpu: CpuSampler
+    lag: LagSampler | None
+    ledger: Ledger
+    phase: str = "setup"
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    _started: float = field(default_factory=time.monotonic)
+
+    async def run(self) -> None:
+        """Sample until cancelled."""
+        self.cpu.sample()  # prime: psutil measures from the previous call
+        while True:
+            await asyncio.sleep(1.0)  # poll
+            lags: dict[str, int] = {}
+            if self.lag is not None:
+                with contextlib.suppress(Exception):  # a slow admin call must not end the run
+                    lags = await asyncio.wait_for(self.lag.sample(), 5.0)
+            self.samples.append({
+                "t": round(time.monotonic() - self._started, 1), "phase": self.phase, "cpu": self.cpu.sample(),
+                "lag": lags, "backlog": self.ledger.backlog(self.phase),
+            })  # fmt: skip
+
+    def cpu_by_phase(self, phase: str) -> dict[str, float]:
+        """Mean CPU percent of each process group over the samples of `phase`."""
+        rows = [sample["cpu"] for sample in self.samples if sample["phase"] == phase]
+        labels = {label for row in rows for label in row}
+        return {label: round(sum(row.get(label, 0.0) for row in rows) / len(rows), 1) for label in sorted(labels)}

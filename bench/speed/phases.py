@@ -1,0 +1,178 @@
+"""The phases of `make bench`: fixed rates through the whole pipeline, the search for the maximum sustained rate,
+and the maximum req/s of one HTTP endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from speed.load import Ledger, OpenLoop, PostStats, lead_fields, percentiles
+from speed.monitor import Monitor
+
+# Sustained = errors under 1 %, the end-to-end backlog at the end under this many seconds of arrivals, not growing.
+MAX_ERROR_SHARE = 0.01
+BACKLOG_SECONDS = 2.0
+# A step is given up early once it cannot come back (keeps an overloaded client from measuring itself).
+ABANDON_BACKLOG_SECONDS = 6.0
+CLIMB = (100, 200, 300, 500, 700, 1000, 1400, 2000, 2800, 4000)
+CLIENT_BOUND_CPU = 85.0
+HTTP_CLIMB = (50, 100, 250, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000)
+
+
+@dataclass
+class Pipeline:
+    """The load generator, the ledger the subscriber fills, and the monitor, for one run."""
+
+    load: OpenLoop
+    ledger: Ledger
+    monitor: Monitor
+    run: str
+    grace_seconds: float
+    drain_seconds: float
+    _next_number: int = 0
+
+    def _body(self, number: int) -> bytes:
+        return orjson.dumps(lead_fields(self._next_number + number, self.run))
+
+    async def phase(
+        self, name: str, rate: float, seconds: float, should_stop: Callable[[PostStats, float], str | None] | None
+    ) -> dict[str, Any]:
+        """Post leads at `rate` for `seconds`, wait until they are routed (or lost), summarise."""
+        self.monitor.phase = name
+        stats = await self.load.run(
+            rate=rate, seconds=seconds, body=self._body, should_stop=should_stop,
+            on_accept=lambda lead_id, at: self.ledger.acknowledge(lead_id, name, at),
+        )  # fmt: skip
+        self._next_number += stats.sent
+        backlog_at_end = self.ledger.backlog(name)
+        drained = await self._drain(name)
+        summary = self._summary(name, stats, backlog_at_end, drained)
+        print(f"{name}: {stats.accepted}/{stats.sent} 202, speed to lead {summary['speed_to_lead_ms']}", flush=True)
+        return summary
+
+    async def _drain(self, name: str) -> float:
+        # Wait for the phase's leads to be routed; give up after `grace_seconds` without progress.
+        began = last_progress = time.monotonic()
+        backlog = self.ledger.backlog(name)
+        while backlog > 0 and time.monotonic() - last_progress < self.grace_seconds:
+            if time.monotonic() - began > self.drain_seconds:
+                break
+            await asyncio.sleep(0.2)  # poll
+            if self.ledger.backlog(name) < backlog:
+                backlog, last_progress = self.ledger.backlog(name), time.monotonic()
+        return round(time.monotonic() - began, 1)
+
+    async def settle(self, grace_seconds: float) -> None:
+        """Wait until every acknowledged lead is routed, or nothing moved for `grace_seconds`."""
+        last_progress, pending = time.monotonic(), self.ledger.pending()
+        while pending and time.monotonic() - last_progress < grace_seconds:
+            await asyncio.sleep(0.2)  # poll
+            if self.ledger.pending() < pending:
+                pending, last_progress = self.ledger.pending(), time.monotonic()
+
+    def _summary(self, name: str, stats: PostStats, backlog_at_end: int, drained: float) -> dict[str, Any]:
+        backlogs = [sample["backlog"] for sample in self.monitor.samples if sample["phase"] == name]
+        return {
+            "name": name, "rate": stats.rate, "seconds": round(stats.seconds, 1), "sent": stats.sent,
+            "accepted": stats.accepted, "non_202": {str(code): count for code, count in stats.statuses.items()},
+            "unanswered": stats.unanswered, "shed": stats.shed, "error_share": round(stats.error_share, 4),
+            "routed": self.ledger.routed[name], "lost": self.ledger.backlog(name),
+            "duplicates": self.ledger.duplicates(name),
+            "speed_to_lead_ms": percentiles(self.ledger.speeds_ms(name)),
+            "response_ms": percentiles(stats.response_ms),
+            "backlog_at_end": backlog_at_end, "backlog_samples": backlogs, "drain_seconds": drained,
+            "stopped_because": stats.stopped_because, "cpu": self.monitor.cpu_by_phase(name),
+        }  # fmt: skip
+
+    async def sustain_step(self, rate: float, seconds: float) -> dict[str, Any]:
+        """One step of the search: `seconds` at `rate`, judged by the end-to-end backlog and intake errors."""
+        name = f"sustain-{rate:.0f}"
+        summary = await self.phase(name, rate, seconds, self._abandon_check(name, rate))
+        summary["sustained"], summary["reason"] = judge(summary, rate)
+        return summary
+
+    def _abandon_check(self, name: str, rate: float) -> Callable[[PostStats, float], str | None]:
+        def check(stats: PostStats, elapsed: float) -> str | None:
+            if elapsed < 10:
+                return None
+            if self.ledger.backlog(name) > ABANDON_BACKLOG_SECONDS * rate:
+                return f"backlog over {ABANDON_BACKLOG_SECONDS:.0f} s of arrivals after {elapsed:.0f} s"
+            if stats.in_flight > ABANDON_BACKLOG_SECONDS * rate:
+                return f"intake {stats.in_flight} requests behind after {elapsed:.0f} s"
+            if stats.sent > 500 and stats.error_share > 5 * MAX_ERROR_SHARE:
+                return f"{stats.error_share:.1%} intake errors"
+            return None
+
+        return check
+
+
+def judge(summary: dict[str, Any], rate: float) -> tuple[bool, str]:
+    """Sustained or not, and why."""
+    if summary["stopped_because"]:
+        return False, summary["stopped_because"]
+    if summary["error_share"] >= MAX_ERROR_SHARE:
+        return False, f"{summary['error_share']:.1%} intake errors"
+    if summary["backlog_at_end"] > BACKLOG_SECONDS * rate:
+        return False, f"backlog {summary['backlog_at_end']} at the end (> {BACKLOG_SECONDS:.0f} s of arrivals)"
+    samples = summary["backlog_samples"]
+    if len(samples) >= 10:
+        middle = samples[len(samples) * 2 // 5 : len(samples) * 3 // 5]
+        tail = samples[-max(1, len(samples) // 5) :]
+        if sum(tail) / len(tail) > sum(middle) / len(middle) + 0.5 * rate:
+            return False, "backlog still growing"
+    return True, "bounded"
+
+
+async def search_max_sustained(
+    pipeline: Pipeline, *, start: float, seconds: float, max_steps: int
+) -> tuple[float, list[dict[str, Any]]]:
+    """Climb from `start` until a step fails, then bisect between the last pass and the first failure."""
+    steps: list[dict[str, Any]] = []
+    passed, failed = 0.0, None
+    candidates = [start, *(rate for rate in CLIMB if rate > start)]
+    for rate in candidates:
+        if len(steps) >= max_steps:
+            break
+        steps.append(await pipeline.sustain_step(rate, seconds))
+        if not steps[-1]["sustained"]:
+            failed = rate
+            break
+        passed = rate
+    while failed is not None and len(steps) < max_steps and failed - passed > max(25.0, 0.1 * failed):
+        rate = round((passed + failed) / 2 / 10) * 10
+        steps.append(await pipeline.sustain_step(rate, seconds))
+        passed, failed = (rate, failed) if steps[-1]["sustained"] else (passed, rate)
+    return passed, steps
+
+
+def _form_body(tag: str, number: int) -> bytes:
+    return orjson.dumps(lead_fields(number, tag))
+
+
+async def http_max_rps(load: OpenLoop, seconds: float, monitor: Monitor, name: str) -> dict[str, Any]:
+    """Climb open-loop rates on one endpoint until under 99 % answered 202 or p99 over 1 s; the last pass wins."""
+    steps: list[dict[str, Any]] = []
+    best = 0.0
+    for rate in HTTP_CLIMB:
+        monitor.phase = f"{name}-{rate}"
+        tag = f"{name}{rate}"
+        stats = await load.run(rate=rate, seconds=seconds, body=functools.partial(_form_body, tag),
+                               on_accept=lambda lead_id, at: None)  # fmt: skip
+        response = percentiles(stats.response_ms)
+        ok = stats.error_share < MAX_ERROR_SHARE and (response["p99"] or 0) < 1000
+        steps.append({"rate": rate, "accepted": stats.accepted, "error_share": round(stats.error_share, 4),
+                      "achieved": round(stats.accepted / stats.seconds, 1), "response_ms": response, "ok": ok,
+                      "cpu": monitor.cpu_by_phase(monitor.phase)})  # fmt: skip
+        # The generator shares the machine: past ~one core busy it, not the endpoint, is what the step measured.
+        steps[-1]["client_bound"] = steps[-1]["cpu"].get("bench", 0.0) >= CLIENT_BOUND_CPU
+        print(f"{name} at {rate}/s: {steps[-1]['achieved']}/s answered 202, {response}", flush=True)
+        if not ok:
+            break
+        best = rate
+    return {"max_rps": best, "steps": steps}

@@ -1,0 +1,117 @@
+"""The report of `make bench`: a printed table, var/reports/bench-<timestamp>.json and a PNG beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib  # type: ignore[import-not-found,unused-ignore]  # make lint runs without .[bench]
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+
+CPU_COLUMNS = ("lead_intake", "scoring", "routing", "feedback", "kafka", "postgres", "bench")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def rate_table(phases: list[dict[str, Any]]) -> list[str]:
+    """One line per phase: counts, speed to lead percentiles, intake response p99, CPU per process."""
+    header = (
+        f"{'phase':<14}{'rate/s':>7}{'sent':>7}{'202':>7}{'non202':>7}{'unans':>6}{'lost':>6}{'dup':>5}"
+        f"{'p50':>7}{'p95':>7}{'p99':>7}{'max':>7}{'http99':>7}  " + " ".join(f"{name[:7]:>7}" for name in CPU_COLUMNS)
+    )
+    lines = [header, "-" * len(header)]
+    for phase in phases:
+        speed, response, cpu = phase["speed_to_lead_ms"], phase["response_ms"], phase["cpu"]
+        lines.append(
+            f"{phase['name']:<14}{phase['rate']:>7.0f}{phase['sent']:>7}{phase['accepted']:>7}"
+            f"{sum(phase['non_202'].values()):>7}{phase['unanswered'] + phase['shed']:>6}"
+            f"{phase['lost']:>6}{phase['duplicates']:>5}"
+            f"{_ms(speed['p50']):>7}{_ms(speed['p95']):>7}{_ms(speed['p99']):>7}{_ms(speed['max']):>7}"
+            f"{_ms(response['p99']):>7}  " + " ".join(f"{cpu.get(name, 0.0):>7.0f}" for name in CPU_COLUMNS)
+        )
+    return lines
+
+
+def _bound(http: dict[str, Any]) -> str:
+    failed = http["steps"][-1] if http["steps"] and not http["steps"][-1]["ok"] else None
+    bound = failed is not None and failed["client_bound"]
+    return " (client-bound: the generator was past one core at the next step)" if bound else ""
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """Everything after the table: search, baselines, ratios, targets."""
+    search, relay = result["search"], result["relay"]
+    lines = [
+        "speed to lead in ms (202 received -> first assigned/unassigned seen on leads.routed); unans = timed out or "
+        "shed (every connection busy); http99 = p99 of the "
+        "202 from the scheduled send; CPU in % of one core (2 cores = 200 %), mean over the phase",
+        "max sustained: "
+        + ", ".join(
+            f"{step['rate']:.0f}/s {'ok' if step['sustained'] else 'NO (' + step['reason'] + ')'}"
+            for step in search["steps"]
+        ),
+        f"Baton max sustained throughput: {search['max_sustained']:.0f} leads/s end to end",
+        f"raw 3-hop aiokafka relay: {relay['messages_per_second']:.0f} msg/s "
+        f"({relay['arrived']}/{relay['messages']} in {relay['seconds']} s)",
+        f"intake max req/s: {result['intake_http']['max_rps']:.0f}{_bound(result['intake_http'])}; bare FastAPI "
+        f"endpoint: {result['bare_http']['max_rps']:.0f} req/s{_bound(result['bare_http'])} (one uvicorn worker "
+        "each, same open-loop client)",
+        f"ratios: throughput / relay = {result['ratios']['throughput_vs_relay']:.3f}; "
+        f"intake / bare = {result['ratios']['intake_vs_bare']:.3f}",
+        "targets:",
+    ]
+    lines += [
+        f"  {'MET    ' if target['met'] else 'NOT MET'} {target['name']}: {target['measured']}"
+        for target in result["targets"]
+    ]
+    return lines
+
+
+def save(result: dict[str, Any], reports: Path, stamp: str) -> tuple[Path, Path]:
+    """Write the JSON and the PNG; returns their paths."""
+    reports.mkdir(parents=True, exist_ok=True)
+    json_path = reports / f"bench-{stamp}.json"
+    json_path.write_text(json.dumps(result, indent=2))
+    png_path = reports / f"bench-{stamp}.png"
+    draw(result, png_path)
+    return json_path, png_path
+
+
+def draw(result: dict[str, Any], path: Path) -> None:
+    """Latency percentiles vs rate, throughput vs the baselines, consumer lag over time."""
+    figure, (latency, throughput, lag) = plt.subplots(1, 3, figsize=(18, 5.5))
+    phases = [phase for phase in result["rates"] if phase["speed_to_lead_ms"]["p50"] is not None]
+    rates = [phase["rate"] for phase in phases]
+    for name in ("p50", "p95", "p99", "max"):
+        latency.plot(rates, [phase["speed_to_lead_ms"][name] for phase in phases], marker="o", label=name)
+    latency.axhline(100, color="grey", linestyle=":", label="target p99 @100/s")
+    latency.axhline(250, color="grey", linestyle="--", label="target p99 @500/s")
+    latency.set(xlabel="offered leads/s", ylabel="speed to lead (ms)", yscale="log", title="Speed to lead vs rate")
+    latency.legend()
+    bars = {
+        "Baton e2e\n(max sustained)": result["search"]["max_sustained"],
+        "raw relay\n(3 hops)": result["relay"]["messages_per_second"],
+        "intake\nreq/s": result["intake_http"]["max_rps"],
+        "bare FastAPI\nreq/s": result["bare_http"]["max_rps"],
+    }
+    throughput.bar(list(bars), list(bars.values()), color=["C0", "C7", "C1", "C7"])
+    throughput.set(ylabel="per second", title="Throughput vs baselines", yscale="log")
+    for index, value in enumerate(bars.values()):
+        throughput.annotate(f"{value:.0f}", (index, value), ha="center", va="bottom")
+    timeline = result["timeline"]
+    groups = sorted({group for sample in timeline for group in sample["lag"]})
+    times = [sample["t"] for sample in timeline]
+    for group in groups:
+        lag.plot(times, [sample["lag"].get(group, 0) for sample in timeline], label=group)
+    lag.plot(times, [sample["backlog"] for sample in timeline], label="end-to-end backlog", linestyle="--")
+    lag.set(xlabel="seconds since start", ylabel="records behind", title="Consumer lag over time")
+    lag.legend()
+    figure.suptitle(f"make bench {result['at']} ({result['machine']['cpus']} cores, shared)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

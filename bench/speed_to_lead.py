@@ -1,0 +1,258 @@
+"""`make bench`: speed to lead through the four services, the maximum sustained rate, and the same run's baselines.
+
+Starts a throwaway PostgreSQL and Kafka and the four services with production settings (log level WARNING, topics
+of BENCH_PARTITIONS partitions, reps registered), then an open-loop generator posts realistic leads to
+POST /v1/leads at 50, 100, 200 and 500 leads/s (BENCH_SECONDS each) while a subscriber of its own reads
+leads.routed: speed to lead = when the lead's first assigned/unassigned decision was seen minus when its 202
+arrived (one monotonic clock, one process). Then it searches for the highest rate whose end-to-end backlog stays
+bounded for BENCH_SUSTAIN_SECONDS, measures intake's max req/s (the consumers paused), and, on the same broker,
+the baselines of bench/baselines.py. Prints a table; saves var/reports/bench-<timestamp>.json and .png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
+from baselines import captured_event, relay_throughput, relay_topics  # noqa: E402
+from speed.load import Ledger, OpenLoop, lead_fields  # noqa: E402
+from speed.monitor import CpuSampler, LagSampler, Monitor, RoutedWatcher, find_by_cmdline, process_tree  # noqa: E402
+from speed.phases import Pipeline, http_max_rps, judge, search_max_sustained  # noqa: E402
+from speed.report import rate_table, save, summary_lines  # noqa: E402
+
+from shared.kafka import ensure_topics  # noqa: E402
+from shared.topics import ALL_TOPICS  # noqa: E402
+from tests.support.infra import KafkaBroker, PostgresServer, free_port  # noqa: E402
+from tests.support.stack import SERVICES, ServiceProcess, Stack  # noqa: E402
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+SECONDS = _env_float("BENCH_SECONDS", 30)
+SUSTAIN_SECONDS = _env_float("BENCH_SUSTAIN_SECONDS", 60)
+HTTP_SECONDS = _env_float("BENCH_HTTP_SECONDS", 10)
+RATES = tuple(float(rate) for rate in os.environ.get("BENCH_RATES", "50,100,200,500").split(","))
+PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "6"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "512"))
+SEARCH_STEPS = int(os.environ.get("BENCH_SEARCH_STEPS", "7"))
+RELAY_MESSAGES = int(os.environ.get("BENCH_RELAY_MESSAGES", "60000"))
+GRACE_SECONDS = _env_float("BENCH_GRACE_SECONDS", 20)
+DRAIN_SECONDS = _env_float("BENCH_DRAIN_SECONDS", 180)
+REPS = [{"rep_id": f"rep-{n}", "name": f"Rep {n}", "email": f"rep{n}@example.com", "weight": 1 + n % 2}
+        for n in range(1, 9)]  # fmt: skip
+CONSUMERS = ("scoring", "routing", "feedback")
+
+
+def production_env(name: str) -> dict[str, str]:
+    """What differs from the test defaults: quiet logs and production-sized topics."""
+    prefix = f"BATON_{name.upper()}_"
+    return {prefix + "LOG_LEVEL": "WARNING", prefix + "TOPIC_PARTITIONS": str(PARTITIONS)}
+
+
+def cpu_sampler(stack: Stack, kafka: KafkaBroker, postgres: PostgresServer) -> CpuSampler:
+    """Finders for each service, Kafka's JVM, PostgreSQL (postmaster and backends) and this process."""
+    sampler = CpuSampler()
+    for name in SERVICES:
+        process = stack[name].process
+        assert process is not None
+        sampler.finders[name] = functools.partial(process_tree, process.pid)
+    data_dir = os.path.realpath(kafka.env.get("KAFKA_DATA_DIR", ""))
+    sampler.finders["kafka"] = find_by_cmdline(f"{data_dir}/server.properties")
+    port = postgres.url.rsplit(":", 1)[1].split("/", 1)[0]
+    sampler.finders["postgres"] = find_by_cmdline(f"-p {port}", "bin/postgres")
+    sampler.finders["bench"] = lambda: [psutil.Process()]
+    return sampler
+
+
+async def start_stack(bootstrap: str, postgres: PostgresServer, log_dir: Path) -> Stack:
+    """The four services with production settings, ready, with reps that take any lead."""
+    await ensure_topics(bootstrap, list(ALL_TOPICS), partitions=PARTITIONS, timeout_seconds=30)
+    stack = Stack.create(
+        bootstrap_servers=bootstrap, database_url=postgres.create_database("baton_speed"), log_dir=log_dir
+    )
+    for name in SERVICES:
+        stack[name].env.update(production_env(name))
+    await asyncio.to_thread(stack.start)
+    async with httpx.AsyncClient(base_url=stack["routing"].url, headers=stack.headers) as client:
+        for rep in REPS:
+            (await client.post("/v1/reps", json=rep)).raise_for_status()
+    return stack
+
+
+def pause(stack: Stack, names: tuple[str, ...], sig: signal.Signals) -> None:
+    """SIGSTOP / SIGCONT the given services (intake measured alone, as the bare endpoint is)."""
+    for name in names:
+        process = stack[name].process
+        if process is not None:
+            process.send_signal(sig)
+
+
+def start_script(arguments: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A baseline process of bench/baselines.py, its output in `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "baselines.py"), *arguments],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+async def pipeline_phases(pipeline: Pipeline) -> tuple[list[dict[str, Any]], float, list[dict[str, Any]]]:
+    """Warm-up, the fixed rates, the search; lost leads and duplicates counted again once everything drained."""
+    await pipeline.phase("warmup", 20, 5, None)
+    rates = [await pipeline.phase(f"rate-{rate:.0f}", rate, SECONDS, None) for rate in RATES]
+    passing = [phase["rate"] for phase in rates if judge(phase, phase["rate"])[0]]
+    start = max(passing, default=min(RATES))
+    max_sustained, steps = await search_max_sustained(
+        pipeline, start=start, seconds=SUSTAIN_SECONDS, max_steps=SEARCH_STEPS
+    )
+    await pipeline.settle(GRACE_SECONDS)
+    for phase in (*rates, *steps):
+        phase["lost"] = pipeline.ledger.backlog(phase["name"])
+        phase["duplicates"] = pipeline.ledger.duplicates(phase["name"])
+    return rates, max_sustained, steps
+
+
+async def baton(kafka: KafkaBroker, postgres: PostgresServer, monitor: Monitor, log_dir: Path) -> dict[str, Any]:
+    """Everything measured against the four services."""
+    stack = await start_stack(kafka.bootstrap_servers, postgres, log_dir)
+    monitor.cpu.finders.update(cpu_sampler(stack, kafka, postgres).finders)
+    watcher = RoutedWatcher(kafka.bootstrap_servers, monitor.ledger)
+    await watcher.start()
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    try:
+        async with httpx.AsyncClient(base_url=stack["lead_intake"].url, limits=limits) as client:
+            load = OpenLoop(client, "/v1/leads", stack.headers, connections=CONNECTIONS)
+            pipeline = Pipeline(load, monitor.ledger, monitor, f"r{int(time.time())}", GRACE_SECONDS, DRAIN_SECONDS)
+            rates, max_sustained, steps = await pipeline_phases(pipeline)
+            pause(stack, CONSUMERS, signal.SIGSTOP)
+            try:
+                intake_http = await http_max_rps(load, HTTP_SECONDS, monitor, "intake")
+            finally:
+                pause(stack, CONSUMERS, signal.SIGCONT)
+    finally:
+        await watcher.stop()
+        await asyncio.to_thread(stack.stop)
+    return {"rates": rates, "search": {"max_sustained": max_sustained, "steps": steps}, "intake_http": intake_http}
+
+
+async def bare_endpoint(monitor: Monitor, log_dir: Path) -> dict[str, Any]:
+    """Max req/s of the bare FastAPI endpoint on one uvicorn worker, driven like intake."""
+    port = free_port()
+    server = start_script(["serve", str(port)], log_dir / "bare.log")
+    monitor.cpu.finders["bare"] = lambda: process_tree(server.pid)
+    try:
+        ServiceProcess("bare", port, {}, log_dir / "bare.log", process=None).wait_ready()
+        limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
+            load = OpenLoop(client, "/v1/leads", {}, connections=CONNECTIONS)
+            return await http_max_rps(load, HTTP_SECONDS, monitor, "bare")
+    finally:
+        stop_process(server)
+
+
+async def raw_relay(bootstrap: str, monitor: Monitor, log_dir: Path) -> dict[str, Any]:
+    """Messages/s of the three-hop aiokafka relay over a backlog of Baton's captured-lead records."""
+    topics = relay_topics(f"{int(time.time())}")
+    await ensure_topics(bootstrap, topics, partitions=PARTITIONS, timeout_seconds=30)
+    hops = [start_script(["hop", bootstrap, source, target], log_dir / f"relay-{index}.log")
+            for index, (source, target) in enumerate(itertools.pairwise(topics))]  # fmt: skip
+    monitor.cpu.finders["relay-hops"] = lambda: [p for hop in hops for p in process_tree(hop.pid)]
+    monitor.phase = "relay"
+    records = [captured_event(lead_fields(number, "relay")) for number in range(RELAY_MESSAGES)]
+    try:
+        result = await relay_throughput(bootstrap, topics, records)
+    finally:
+        for hop in hops:
+            stop_process(hop)
+    return {**result, "cpu": monitor.cpu_by_phase("relay")}
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, measured."""
+    p99 = {phase["rate"]: phase["speed_to_lead_ms"]["p99"] for phase in result["rates"]}
+    ratio = result["ratios"]["throughput_vs_relay"]
+    sustained = result["search"]["max_sustained"]
+    rows = [(f"speed-to-lead p99 <= {limit} ms at {rate:.0f} leads/s", p99.get(rate), limit)
+            for rate, limit in ((100.0, 100), (500.0, 250))]  # fmt: skip
+    checks = [{"name": name, "measured": f"{value} ms" if value is not None else "not measured",
+               "met": value is not None and value <= limit} for name, value, limit in rows]  # fmt: skip
+    checks.append({"name": ">= 1000 leads/s sustained end to end", "measured": f"{sustained:.0f}/s",
+                   "met": sustained >= 1000})  # fmt: skip
+    checks.append({"name": "throughput >= 0.5 x raw relay", "measured": f"{ratio:.3f}", "met": ratio >= 0.5})
+    return checks
+
+
+async def measure(kafka: KafkaBroker, postgres: PostgresServer, log_dir: Path) -> dict[str, Any]:
+    """The whole run, with the samplers going throughout."""
+    lag = LagSampler(kafka.bootstrap_servers)
+    await lag.start()
+    monitor = Monitor(CpuSampler(), lag, Ledger())
+    sampling = asyncio.create_task(monitor.run())
+    try:
+        result = await baton(kafka, postgres, monitor, log_dir)
+        result["bare_http"] = await bare_endpoint(monitor, log_dir)
+        result["relay"] = await raw_relay(kafka.bootstrap_servers, monitor, log_dir)
+    finally:
+        sampling.cancel()
+        await lag.stop()
+    relay_rate, bare_rate = result["relay"]["messages_per_second"], result["bare_http"]["max_rps"]
+    result["ratios"] = {
+        "throughput_vs_relay": round(result["search"]["max_sustained"] / relay_rate, 4) if relay_rate else 0.0,
+        "intake_vs_bare": round(result["intake_http"]["max_rps"] / bare_rate, 4) if bare_rate else 0.0,
+    }
+    result["timeline"] = monitor.samples
+    return result
+
+
+def main() -> None:
+    """Start the infrastructure, measure, report."""
+    log_dir = ROOT / "var" / "bench" / "speed"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    kafka = KafkaBroker.start(log_dir.parent, use_given=False)
+    postgres = PostgresServer.start(use_given=False)
+    try:
+        result = asyncio.run(measure(kafka, postgres, log_dir))
+    finally:
+        kafka.stop()
+        postgres.stop()
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    result = {"at": stamp, "machine": {"cpus": os.cpu_count(), "load_average_before": load_before,
+              "load_average_after": os.getloadavg(), "note": "everything (load generator included) shares the "
+              "machine, and other work may run beside it"}, "settings": {"seconds": SECONDS,
+              "sustain_seconds": SUSTAIN_SECONDS, "http_seconds": HTTP_SECONDS, "partitions": PARTITIONS,
+              "connections": CONNECTIONS, "reps": len(REPS), "relay_messages": RELAY_MESSAGES}, **result}  # fmt: skip
+    result["targets"] = targets(result)
+    print("\n".join([*rate_table([*result["rates"], *result["search"]["steps"]]), "", *summary_lines(result)]))
+    json_path, png_path = save(result, ROOT / "var" / "reports", stamp)
+    print(f"saved {json_path.relative_to(ROOT)} and {png_path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
