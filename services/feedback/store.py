@@ -100,29 +100,26 @@ Index("ix_lead_cards_state", lead_cards.c.state, lead_cards.c.captured_at)
 Index("ix_lead_cards_rep", lead_cards.c.rep_id, lead_cards.c.captured_at)
 Index("ix_lead_cards_campaign", lead_cards.c.campaign, lead_cards.c.captured_at)
 
-# Report aggregates: per capture day, dimension and value, every metric's running total (aggregates.METRICS).
-report_cells = Table(
-    "report_cells",
-    metadata,
-    Column("day", String(10), primary_key=True),
-    Column("dimension", String(30), primary_key=True),
-    Column("value", String(320), primary_key=True),
-    *(Column(name, Numeric(20, 4) if name in AMOUNT_METRICS else Integer, nullable=False, server_default="0")
-      for name in METRICS),
-)  # fmt: skip
-Index("ix_report_cells_dimension_day", report_cells.c.dimension, report_cells.c.day)
 
+def _cells_table(name: str, period: str, width: int) -> Table:
+    """Report aggregates: per period (a capture day or month), dimension and value, every metric's running total
+    (aggregates.METRICS), indexed for "one dimension over a range of periods"."""
+    table = Table(
+        name,
+        metadata,
+        Column(period, String(width), primary_key=True),
+        Column("dimension", String(30), primary_key=True),
+        Column("value", String(320), primary_key=True),
+        *(Column(metric, Numeric(20, 4) if metric in AMOUNT_METRICS else Integer, nullable=False, server_default="0")
+          for metric in METRICS),
+    )  # fmt: skip
+    Index(f"ix_{name}_dimension_{period}", table.c.dimension, table.c[period])
+    return table
+
+
+report_cells = _cells_table("report_cells", "day", 10)
 # The same totals per month, so a report over a year reads twelve rows per group instead of 365.
-report_cells_monthly = Table(
-    "report_cells_monthly",
-    metadata,
-    Column("month", String(7), primary_key=True),
-    Column("dimension", String(30), primary_key=True),
-    Column("value", String(320), primary_key=True),
-    *(Column(name, Numeric(20, 4) if name in AMOUNT_METRICS else Integer, nullable=False, server_default="0")
-      for name in METRICS),
-)  # fmt: skip
-Index("ix_report_cells_monthly_dimension", report_cells_monthly.c.dimension, report_cells_monthly.c.month)
+report_cells_monthly = _cells_table("report_cells_monthly", "month", 7)
 
 # Outcomes that arrived before their lead: applied when the lead is captured.
 pending_outcomes = Table(

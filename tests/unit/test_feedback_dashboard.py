@@ -20,7 +20,7 @@ from services.feedback.app import create_app
 from services.feedback.domain import JourneyStep
 from services.feedback.settings import Settings
 from shared.runtime import ServiceRuntime
-from tests.support.inprocess import ADMIN_KEY, offline_settings
+from tests.support.inprocess import ADMIN_KEY, base_url, offline_settings, serving
 from tests.support.polling import eventually
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -31,28 +31,14 @@ STABLE_IDS = ("funnel", "speed", "goals", "campaigns", "calibration", "live-stat
 async def app(tmp_path: Path) -> FastAPI:
     """feedback with the dashboard router (its lifespan is run by the server)."""
     app = create_app(offline_settings(Settings, tmp_path))
-    app.include_router(dashboard.router)
     return app
 
 
 @pytest.fixture
 async def server(app: FastAPI) -> AsyncIterator[uvicorn.Server]:
     """The app served on a free local port until the test ends."""
-    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    task = asyncio.create_task(served.serve())
-
-    async def started() -> bool:
-        return served.started
-
-    await eventually(started, timeout=20, message="uvicorn did not start")
-    yield served
-    served.should_exit = True
-    await asyncio.wait_for(task, timeout=20)
-
-
-def base_url(server: uvicorn.Server) -> str:
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    async with serving(app) as served:
+        yield served
 
 
 async def add_step(app: FastAPI, lead_id: str) -> None:

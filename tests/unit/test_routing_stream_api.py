@@ -12,12 +12,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from services.routing import stream, stream_api
+from services.routing import stream
 from services.routing.app import create_app
 from services.routing.settings import Settings
 from shared.events import LeadRoutedV1
 from shared.runtime import ServiceRuntime
-from tests.support.inprocess import ADMIN_KEY, offline_settings
+from tests.support.inprocess import ADMIN_KEY, base_url, offline_settings, serving
 from tests.support.polling import eventually
 from tests.unit.test_routing_stream import routed
 
@@ -29,28 +29,14 @@ Event = tuple[int, str, str]  # id, event name, the CloudEvent's subject (the le
 async def app(tmp_path: Path) -> FastAPI:
     """The routing app with the stream's router (its lifespan is run by the server)."""
     app = create_app(offline_settings(Settings, tmp_path))
-    app.include_router(stream_api.router)
     return app
 
 
 @pytest.fixture
 async def server(app: FastAPI) -> AsyncIterator[uvicorn.Server]:
     """The app served on a free local port until the test ends."""
-    served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    task = asyncio.create_task(served.serve())
-
-    async def started() -> bool:
-        return served.started
-
-    await eventually(started, timeout=20, message="uvicorn did not start")
-    yield served
-    served.should_exit = True
-    await asyncio.wait_for(task, timeout=20)
-
-
-def base_url(server: uvicorn.Server) -> str:
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    async with serving(app) as served:
+        yield served
 
 
 async def record(app: FastAPI, *decisions: LeadRoutedV1) -> None:
