@@ -114,7 +114,7 @@ class ServiceRuntime:
         await self._ensure_topics()
         consumer = EventConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            group_id=f"baton-{self.settings.service_name}",
+            group_id=self.settings.consumer_group or f"baton-{self.settings.service_name}",
             topics=self._consumes,
             handlers=self._handlers,
             uow=self.uow,

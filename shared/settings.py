@@ -76,6 +76,8 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = 3
     log_level: str = "INFO"
     failpoints: str = ""
+    # The service's consumer group; replicas of one deployment share it (default baton-<service>).
+    consumer_group: str | None = None
     # Published outbox rows are kept this long (they are only needed until the broker has them).
     outbox_retention_hours: float = Field(72.0, gt=0)
     # Consumed event ids are kept this long to absorb redeliveries: longer than the broker keeps its log.

@@ -24,7 +24,10 @@ def fuzz_stack(kafka: KafkaBroker, postgres: PostgresServer, run_dir: Path) -> I
     """Its own database: fuzzing writes junk (reps, policies, models) no other test should see."""
     database_url = postgres.create_database("baton_fuzz")
     stack = Stack.create(
-        bootstrap_servers=kafka.bootstrap_servers, database_url=database_url, log_dir=run_dir / "fuzz-logs"
+        bootstrap_servers=kafka.bootstrap_servers,
+        database_url=database_url,
+        log_dir=run_dir / "fuzz-logs",
+        group_suffix="fuzz",
     )
     stack.database_url = database_url
     try:

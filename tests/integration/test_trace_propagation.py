@@ -34,6 +34,7 @@ def pipeline(kafka: KafkaBroker, postgres: PostgresServer, run_dir: Path) -> Ite
         bootstrap_servers=kafka.bootstrap_servers,
         database_url=postgres.create_database("baton_trace"),
         log_dir=run_dir / "trace-logs",
+        group_suffix="trace",
     )
     try:
         for name in PIPELINE:

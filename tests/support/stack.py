@@ -102,10 +102,17 @@ class Stack:
 
     @classmethod
     def create(
-        cls, *, bootstrap_servers: str, database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None
+        cls,
+        *,
+        bootstrap_servers: str,
+        database_url: str,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        group_suffix: str | None = None,
     ) -> Stack:
         """Describe the stack (every service also gets `extra_env`, e.g. broker security); nothing starts until
-        `start`."""
+        `start`. A second stack on the same broker needs a `group_suffix`: with the same consumer groups the two
+        stacks would split the partitions, each applying half of the other's events to its own database."""
         stack = cls()
         log_dir.mkdir(parents=True, exist_ok=True)
         for name in SERVICES:
@@ -116,6 +123,7 @@ class Stack:
                 "BATON_ADMIN_KEY": stack.admin_key,
                 prefix + "DATABASE_URL": database_url,
                 prefix + "PORT": str(port),
+                **({prefix + "CONSUMER_GROUP": f"baton-{name}-{group_suffix}"} if group_suffix else {}),
                 **(extra_env or {}),
             }
             stack.services[name] = ServiceProcess(name, port, env, log_dir / f"{name}.log")
