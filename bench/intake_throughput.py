@@ -13,67 +13,30 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.infra import KafkaBroker, PostgresServer, free_port  # noqa: E402
+from one_service import one_service  # noqa: E402
 
 DURATION = os.environ.get("BENCH_DURATION", "20s")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
-ADMIN_KEY = "bench-admin-key"
-
-
-def wait_healthy(url: str, timeout: float = 60) -> None:
-    """Poll /healthz until the service answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)  # poll
-    raise SystemExit(f"{url} not healthy after {timeout}s")
 
 
 def main() -> None:
     """Run the measurement and report it."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install -y wrk")
-    run_dir = ROOT / "var" / "bench"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    kafka = KafkaBroker.start(run_dir, use_given=False)
-    postgres = PostgresServer.start(use_given=False)
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "BATON_ADMIN_KEY": ADMIN_KEY,
-        "BATON_LEAD_INTAKE_DATABASE_URL": postgres.create_database("baton_bench"),
-        "BATON_LEAD_INTAKE_PORT": str(port),
-        "BATON_LEAD_INTAKE_LOG_LEVEL": "WARNING",
-    }
-    with (run_dir / "lead_intake.log").open("ab") as log:
-        intake = subprocess.Popen(
-            [sys.executable, "-m", "services.lead_intake"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url)
+    with one_service("lead_intake") as service:
         wrk = ["wrk", "-t2", f"-c{CONNECTIONS}", "-s", str(ROOT / "bench" / "post_lead.lua")]
-        subprocess.run([*wrk, "-d3s", url], env={**env, "BENCH_RUN": "warm"}, check=True, capture_output=True)
-        measured = [*wrk, f"-d{DURATION}", url]
+        env = {**service.env, "BENCH_RUN": "warm"}
+        subprocess.run([*wrk, "-d3s", service.url], env=env, check=True, capture_output=True)
+        measured = [*wrk, f"-d{DURATION}", service.url]
         output = subprocess.run(
             measured, env={**env, "BENCH_RUN": str(time.time_ns())}, check=True, capture_output=True, text=True
         ).stdout
-    finally:
-        intake.terminate()
-        intake.wait(timeout=20)
-        kafka.stop()
-        postgres.stop()
     report(output)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -28,17 +27,17 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+from one_service import ADMIN_KEY, one_service  # noqa: E402
 
 from shared.envelope import utc_now  # noqa: E402
 from shared.events import LeadScoredV1  # noqa: E402
 from shared.kafka import ensure_topics  # noqa: E402
 from shared.topics import ALL_TOPICS, LEADS_ROUTED  # noqa: E402
-from tests.support.infra import KafkaBroker, PostgresServer, free_port  # noqa: E402
+from tests.support.infra import KafkaBroker  # noqa: E402
 
 BACKLOG = int(os.environ.get("BENCH_LEADS", "3000"))
 RATE = float(os.environ.get("BENCH_RATE", "50"))
 TRICKLE_SECONDS = float(os.environ.get("BENCH_TRICKLE_SECONDS", "20"))
-ADMIN_KEY = "bench-admin-key"
 WEIGHTS = {"rep-1": 1, "rep-2": 2, "rep-3": 3, "rep-4": 4}
 
 
@@ -49,18 +48,6 @@ def _request(url: str, body: dict[str, Any] | None = None) -> None:
     request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=10):
         pass
-
-
-def wait_ready(url: str, timeout: float = 60) -> None:
-    """Poll /readyz until routing answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _request(url + "/readyz")
-            return
-        except OSError:
-            time.sleep(0.1)  # poll
-    raise SystemExit(f"{url} not ready after {timeout}s")
 
 
 def scored(lead_id: str, number: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -151,36 +138,15 @@ async def measure(bootstrap: str) -> dict[str, Any]:
 
 def main() -> None:
     """Start the parts, run the measurement, report it."""
-    run_dir = ROOT / "var" / "bench"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    kafka = KafkaBroker.start(run_dir, use_given=False)
-    postgres = PostgresServer.start(use_given=False)
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "BATON_ADMIN_KEY": ADMIN_KEY,
-        "BATON_ROUTING_DATABASE_URL": postgres.create_database("baton_bench_routing"),
-        "BATON_ROUTING_PORT": str(port),
-        "BATON_ROUTING_LOG_LEVEL": "WARNING",
-    }
-    asyncio.run(ensure_topics(kafka.bootstrap_servers, list(ALL_TOPICS), partitions=3, timeout_seconds=30))
-    with (run_dir / "routing.log").open("ab") as log:
-        routing = subprocess.Popen(
-            [sys.executable, "-m", "services.routing"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
+
+    def topics(kafka: KafkaBroker) -> None:
+        asyncio.run(ensure_topics(kafka.bootstrap_servers, list(ALL_TOPICS), partitions=3, timeout_seconds=30))
+
+    with one_service("routing", before_start=topics) as service:
         for rep_id, weight in WEIGHTS.items():
-            _request(url + "/v1/reps", {"rep_id": rep_id, "name": rep_id, "email": f"{rep_id}@bench.example",
-                                        "weight": weight})  # fmt: skip
-        result = asyncio.run(measure(kafka.bootstrap_servers))
-    finally:
-        routing.terminate()
-        routing.wait(timeout=20)
-        kafka.stop()
-        postgres.stop()
+            _request(service.url + "/v1/reps", {"rep_id": rep_id, "name": rep_id, "email": f"{rep_id}@bench.example",
+                                                "weight": weight})  # fmt: skip
+        result = asyncio.run(measure(service.kafka.bootstrap_servers))
     report(result)
 
 

@@ -55,7 +55,13 @@ port_open() { timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # Kafka cluster ids are 16 random bytes, url-safe base64 without padding
-cluster_id() { python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))'; }
+# A Kafka cluster id (URL-safe base64 of a UUID) not starting with "-", which the format tool would take for an
+# option (1 in 64 ids did, failing the broker's start).
+cluster_id() {
+    python3 -c 'import base64, uuid
+while not (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")) or cid[0] == "-": pass
+print(cid)'
+}
 
 setup_paths() {
   KAFKA_PORT=${KAFKA_PORT:-9092}

@@ -9,6 +9,7 @@ nothing here is emitted to Kafka, so the broker is left unreachable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,7 +48,9 @@ class Receiver:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.hang = False
         self.release = asyncio.Event()
-        self.latency = 0.0
+        # Requests are held until this many are in flight at once (then all go): proof of concurrent senders.
+        self.hold_until_in_flight: int | None = None
+        self.crowded = asyncio.Event()
         self.in_flight = self.peak_in_flight = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hooks/baton"
@@ -66,7 +69,11 @@ class Receiver:
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         if self.hang:
             await self.release.wait()
-        await asyncio.sleep(self.latency)  # a sales tool taking its time to answer, not a wait for a condition
+        if self.hold_until_in_flight is not None:
+            if self.in_flight >= self.hold_until_in_flight:
+                self.crowded.set()
+            with contextlib.suppress(TimeoutError):  # the last few never make a crowd: let them through
+                await asyncio.wait_for(self.crowded.wait(), timeout=2.0)
         self.in_flight -= 1
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"2")]})
@@ -217,7 +224,7 @@ async def _failed(client: httpx.AsyncClient) -> list[dict[str, Any]]:
 async def test_two_replicas_never_send_one_delivery_twice(database_url: str) -> None:
     settings = _settings(database_url)
     slow = Receiver(200)
-    slow.latency = 0.2  # each replica fills its CONCURRENCY slots, so the other one must take the rest
+    slow.hold_until_in_flight = CONCURRENCY + 1  # more than one replica's slots must be sending at once
     async with serving(slow) as receiver, routing(settings) as (app, client):
         await subscribe(client, receiver.url)
         await subscribe(client, receiver.url + "?copy=2")
