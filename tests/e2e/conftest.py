@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.infra import KafkaBroker, PostgresServer
-from tests.support.stack import Stack
+from tests.support.stack import Stack, running_stack
 
 REPS = [
     {"rep_id": "rep-a", "name": "Aiko", "email": "aiko@example.com"},
@@ -21,16 +20,10 @@ REPS = [
 @pytest.fixture(scope="session")
 def stack(kafka: KafkaBroker, postgres: PostgresServer, run_dir: Path) -> Iterator[Stack]:
     """The four services on the real broker and a fresh PostgreSQL database, with three reps."""
-    database_url = postgres.create_database("baton_e2e")
-    running = Stack.create(
-        bootstrap_servers=kafka.bootstrap_servers, database_url=database_url, log_dir=run_dir / "e2e-logs"
-    )
-    running.database_url = database_url
-    running.start()
-    try:
-        for rep in REPS:
-            response = httpx.post(running["routing"].url + "/v1/reps", json=rep, headers=running.headers)
-            assert response.status_code in (201, 409), response.text
+    with running_stack(
+        reps=REPS,
+        bootstrap_servers=kafka.bootstrap_servers,
+        database_url=postgres.create_database("baton_e2e"),
+        log_dir=run_dir / "e2e-logs",
+    ) as running:
         yield running
-    finally:
-        running.stop()

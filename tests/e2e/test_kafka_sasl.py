@@ -20,7 +20,7 @@ from tests.e2e.conftest import REPS
 from tests.support.infra import KafkaBroker, PostgresServer, free_port
 from tests.support.kafka_reader import read_topic
 from tests.support.polling import eventually
-from tests.support.stack import ServiceProcess, Stack
+from tests.support.stack import ServiceProcess, Stack, running_stack
 
 # Unique per run, so finding it in a log file can only mean it leaked there.
 PASSWORD = "sasl-" + secrets.token_hex(12)
@@ -38,21 +38,14 @@ def sasl_kafka(run_dir: Path) -> Iterator[KafkaBroker]:
 @pytest.fixture(scope="module")
 def sasl_stack(sasl_kafka: KafkaBroker, postgres: PostgresServer, run_dir: Path) -> Iterator[Stack]:
     """The four services, configured with the broker's SASL settings through the shared (unprefixed) variables."""
-    database_url = postgres.create_database("baton_sasl")
-    running = Stack.create(
+    with running_stack(
+        reps=REPS,
         bootstrap_servers=sasl_kafka.bootstrap_servers,
-        database_url=database_url,
+        database_url=postgres.create_database("baton_sasl"),
         log_dir=run_dir / "sasl-logs",
         extra_env=sasl_kafka.client_env,
-    )
-    running.start()
-    try:
-        for rep in REPS:
-            response = httpx.post(running["routing"].url + "/v1/reps", json=rep, headers=running.headers)
-            assert response.status_code in (201, 409), response.text
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 async def test_the_broker_refuses_a_plaintext_client_and_a_wrong_password(sasl_kafka: KafkaBroker) -> None:

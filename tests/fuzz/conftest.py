@@ -8,12 +8,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.fuzz.harness import REPORTS, Budget, FuzzReport
 from tests.support.infra import ROOT, KafkaBroker, PostgresServer
-from tests.support.stack import Stack
+from tests.support.stack import Stack, running_stack
 
 # Known reps, so list and lookup operations answer with real rows the response schemas must describe.
 REPS = [{"rep_id": f"rep-{letter}", "name": f"Rep {letter}", "email": f"{letter}@reps.example"} for letter in "ab"]
@@ -22,22 +21,14 @@ REPS = [{"rep_id": f"rep-{letter}", "name": f"Rep {letter}", "email": f"{letter}
 @pytest.fixture(scope="package")
 def fuzz_stack(kafka: KafkaBroker, postgres: PostgresServer, run_dir: Path) -> Iterator[Stack]:
     """Its own database: fuzzing writes junk (reps, policies, models) no other test should see."""
-    database_url = postgres.create_database("baton_fuzz")
-    stack = Stack.create(
+    with running_stack(
+        reps=REPS,
         bootstrap_servers=kafka.bootstrap_servers,
-        database_url=database_url,
+        database_url=postgres.create_database("baton_fuzz"),
         log_dir=run_dir / "fuzz-logs",
         group_suffix="fuzz",
-    )
-    stack.database_url = database_url
-    try:
-        stack.start()
-        for rep in REPS:
-            response = httpx.post(stack["routing"].url + "/v1/reps", json=rep, headers=stack.headers)
-            assert response.status_code in (201, 409), response.text
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="session")

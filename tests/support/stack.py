@@ -7,8 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -148,3 +151,32 @@ class Stack:
         """Stop every service."""
         for service in self.services.values():
             service.stop()
+
+
+@contextmanager
+def running_stack(
+    *,
+    reps: Sequence[dict[str, Any]],
+    bootstrap_servers: str,
+    database_url: str,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    group_suffix: str | None = None,
+) -> Iterator[Stack]:
+    """A started stack with `reps` added to routing; stopped when the block ends."""
+    stack = Stack.create(
+        bootstrap_servers=bootstrap_servers,
+        database_url=database_url,
+        log_dir=log_dir,
+        extra_env=extra_env,
+        group_suffix=group_suffix,
+    )
+    stack.database_url = database_url
+    try:
+        stack.start()
+        for rep in reps:
+            response = httpx.post(stack["routing"].url + "/v1/reps", json=rep, headers=stack.headers)
+            assert response.status_code in (201, 409), response.text
+        yield stack
+    finally:
+        stack.stop()
