@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -17,12 +17,26 @@ from shared.failures import is_outage
 from shared.kafka import PLAINTEXT, KafkaSecurity, OutboundRecord, Publisher, client_options
 from shared.metrics import count_consumed, count_consumed_all, count_dead_letter, sample_consumer_lag
 from shared.topics import dead_letter_topic
-from shared.tracing import consume_span
+from shared.tracing import batch_spans, consume_span
 from shared.uow import Transaction, UnitOfWork
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Transaction, CloudEvent], Awaitable[None]]
+BatchHandler = Callable[[Transaction, Sequence[CloudEvent]], Awaitable[None]]
+
+
+class Batched:
+    """A handler that can apply a run of consecutive events of its type at once (a few statements for the whole
+    run instead of a few per event). Applying a run must change exactly what applying its events one by one, in
+    order, would; as a plain handler it applies a run of one, so the record-by-record path stays equivalent."""
+
+    def __init__(self, apply_run: BatchHandler) -> None:
+        self.apply_run = apply_run
+        self.__name__ = getattr(apply_run, "__name__", "batched")
+
+    async def __call__(self, tx: Transaction, event: CloudEvent) -> None:
+        await self.apply_run(tx, [event])
 
 
 class Outage(Exception):
@@ -127,15 +141,20 @@ class EventConsumer:
         try:
             async with self._uow.transaction() as tx:
                 fresh = await tx.mark_all_processed([(event.id, record.topic) for record, event in work])
+                runnable: list[tuple[ConsumerRecord[Any, Any], CloudEvent, Handler]] = []
                 for record, event in work:
                     handler = self._handlers.get(event.type)
                     if event.id not in fresh or handler is None:
                         outcomes.append((record.topic, "ignored" if handler is None else "duplicate"))
                         continue
                     fresh.discard(event.id)  # the same event twice in one batch (a relay retry) applies once
-                    with consume_span(record.topic, record.headers, event):
-                        await handler(tx, event)
+                    runnable.append((record, event, handler))
                     outcomes.append((record.topic, "applied"))
+                # Grouped by topic (a stable sort: each partition's order holds, and Kafka orders nothing across
+                # topics), so batched handlers get the longest runs.
+                runnable.sort(key=lambda item: item[0].topic)
+                for run in _runs(runnable):
+                    await _apply_run(tx, run)
         except Exception as exc:
             if not is_outage(exc):
                 log.info("batch of %d failed (%r); applying its records one by one", len(work), exc)
@@ -255,6 +274,38 @@ class EventConsumer:
     async def _pause(self) -> None:
         await asyncio.sleep(self._backoff)
         self._backoff = min(self._backoff * 2, self._max_backoff)
+
+
+def _runs(
+    work: Sequence[tuple[ConsumerRecord[Any, Any], CloudEvent, Handler]],
+) -> Iterator[list[tuple[ConsumerRecord[Any, Any], CloudEvent, Handler]]]:
+    """Consecutive events of one type whose handler is Batched, as one run; every other event alone. Runs keep
+    the batch's order, so per-lead order holds."""
+    run: list[tuple[ConsumerRecord[Any, Any], CloudEvent, Handler]] = []
+    for item in work:
+        if run and (not isinstance(item[2], Batched) or item[1].type != run[-1][1].type):
+            yield run
+            run = []
+        run.append(item)
+        if not isinstance(item[2], Batched):
+            yield run
+            run = []
+    if run:
+        yield run
+
+
+async def _apply_run(tx: Transaction, run: list[tuple[ConsumerRecord[Any, Any], CloudEvent, Handler]]) -> None:
+    record, event, handler = run[0]
+    if not isinstance(handler, Batched):
+        with consume_span(record.topic, record.headers, event):
+            await handler(tx, event)
+        return
+    with batch_spans(record.topic, [(item.headers, item_event) for item, item_event, _ in run]) as traces:
+        tx.traces_by_lead = traces
+        try:
+            await handler.apply_run(tx, [item_event for _, item_event, _ in run])
+        finally:
+            tx.traces_by_lead = {}
 
 
 def _rewind(consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> None:

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.envelope import CloudEvent
@@ -134,6 +135,42 @@ def consume_span(topic: str, headers: Sequence[tuple[str, bytes | None]], event:
             yield span
     finally:
         _lead_id.reset(token)
+
+
+@contextmanager
+def batch_spans(
+    topic: str, records: Sequence[tuple[Sequence[tuple[str, bytes | None]], CloudEvent]]
+) -> Iterator[dict[str, list[list[str]]]]:
+    """One consumer span per event of a batch handed to a handler at once, each a child of its record's trace;
+    yields each event's trace context as outbox header pairs, by subject (the lead id), so what the handler emits
+    for a lead continues that lead's trace. The spans end when the block does."""
+    spans: list[Span] = []
+    by_subject: dict[str, list[list[str]]] = {}
+    try:
+        for headers, event in records:
+            attributes: dict[str, AttributeValue] = {
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
+                "messaging.operation.type": "process",
+                "messaging.batch.message_count": len(records),
+                "cloudevents.event_id": event.id,
+                "cloudevents.event_type": event.type,
+                "cloudevents.event_subject": event.subject,
+            }
+            span = _tracer().start_span(
+                f"process {topic}",
+                context=_PROPAGATOR.extract(_carrier(headers)),
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            )
+            spans.append(span)
+            carrier: dict[str, str] = {}
+            _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+            by_subject[event.subject] = [[f"ce_{name}", value] for name, value in carrier.items()]
+        yield by_subject
+    finally:
+        for span in spans:
+            span.end()
 
 
 class TraceMiddleware:

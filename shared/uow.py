@@ -24,6 +24,9 @@ class Transaction:
         self._outbox = outbox
         self._inbox = inbox
         self.emitted: list[CloudEvent] = []
+        # Set by the consumer while a batch handler runs: each lead's trace context, so events emitted for a lead
+        # continue the trace of the event that caused them (one handler call serves many traces).
+        self.traces_by_lead: dict[str, list[list[str]]] = {}
 
     async def emit(self, payload: EventPayload, *, event_id: str | None = None) -> CloudEvent:
         """Queue `payload` for publication on its topic; it is published only if this transaction commits."""
@@ -42,15 +45,16 @@ class Transaction:
         self.emitted.extend(events)
         return events
 
-    @staticmethod
-    def _outbox_row(payload: EventPayload, event: CloudEvent) -> dict[str, Any]:
+    def _outbox_row(self, payload: EventPayload, event: CloudEvent) -> dict[str, Any]:
         key, value, headers = event.to_kafka()
+        lead_id = getattr(payload, "lead_id", None)
+        trace = self.traces_by_lead.get(lead_id) if isinstance(lead_id, str) else None
         return {
             "event_id": event.id,
             "topic": payload.TOPIC,
             "message_key": key,
             "value": value,
-            "headers": [*([name, raw.decode()] for name, raw in headers), *trace_headers()],
+            "headers": [*([name, raw.decode()] for name, raw in headers), *(trace or trace_headers())],
             "created_at": utc_now(),
         }
 
