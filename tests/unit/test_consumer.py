@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +13,7 @@ from aiokafka.errors import CommitFailedError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.consumer import EventConsumer, Outage
+from shared.consumer import Batched, EventConsumer, Outage, _runs
 from shared.db import make_sessions, migrate
 from shared.envelope import CloudEvent
 from shared.events import LeadRoutedV1, LeadScoredV1, parse_payload
@@ -235,3 +236,74 @@ async def test_unreachable_dead_letter_topic_is_an_outage(harness: Harness) -> N
     await harness.deliver(poison)
     assert len(harness.dead_letters.published) == 1
     assert harness.kafka.commits == [{PARTITION: 6}]
+
+
+@dataclass
+class RunRecorder:
+    """A batched routing effect: notes each run it is given, fails the run holding a lead named in `poison`."""
+
+    runs: list[list[str]] = field(default_factory=list)
+    poison: set[str] = field(default_factory=set)
+
+    async def __call__(self, tx: Transaction, events: Sequence[CloudEvent]) -> None:
+        leads = [parse_payload(event, LeadScoredV1).lead_id for event in events]
+        self.runs.append(leads)
+        if self.poison & set(leads):
+            raise ValueError(f"cannot route {sorted(self.poison & set(leads))}")
+        await tx.emit_all([_routed(lead) for lead in leads])
+
+
+def _batched_harness(harness: Harness, recorder: RunRecorder) -> EventConsumer:
+    consumer = EventConsumer(
+        bootstrap_servers="unused:9092", group_id="unit", topics=[LEADS_SCORED],
+        handlers={LeadScoredV1.EVENT_TYPE: Batched(recorder)}, uow=harness.uow,
+        dead_letters=harness.dead_letters, max_attempts=1,
+    )  # fmt: skip
+    consumer._backoff = 0.0
+    return consumer
+
+
+def _traced(record: Any, trace_id: str) -> Any:
+    record.headers.append(("ce_traceparent", f"00-{trace_id}-{'1' * 16}-01".encode()))
+    return record
+
+
+async def test_a_batched_handler_gets_the_fetch_as_one_run_and_each_lead_keeps_its_trace(harness: Harness) -> None:
+    recorder = RunRecorder()
+    consumer = _batched_harness(harness, recorder)
+    records = [_traced(_scored_record(10 + n, f"lead-{n}"), f"{n + 1:032x}") for n in range(3)]
+    duplicate = _scored_record(13, "lead-0", event_id=dict(records[0].headers)["ce_id"].decode())
+
+    assert await consumer._apply_batch(harness.kafka, {PARTITION: [*records, duplicate]})
+
+    assert recorder.runs == [["lead-0", "lead-1", "lead-2"]]  # the redelivered event is not in the run
+    assert harness.kafka.commits == [{PARTITION: 14}]
+    async with harness.uow.read() as session:
+        rows = (await session.execute(select(METADATA.tables["outbox"]).order_by(METADATA.tables["outbox"].c.id))).all()
+    traces = {row.message_key.decode(): dict(row.headers)["ce_traceparent"].split("-")[1] for row in rows}
+    assert traces == {f"lead-{n}": f"{n + 1:032x}" for n in range(3)}
+
+
+async def test_a_failing_run_falls_back_to_one_event_at_a_time_and_only_the_culprit_is_dead_lettered(
+    harness: Harness,
+) -> None:
+    recorder = RunRecorder(poison={"lead-1"})
+    consumer = _batched_harness(harness, recorder)
+    records = [_scored_record(20 + n, f"lead-{n}") for n in range(3)]
+
+    assert not await consumer._apply_batch(harness.kafka, {PARTITION: records})
+    await consumer._process_partition(harness.kafka, PARTITION, records)
+
+    assert recorder.runs == [["lead-0", "lead-1", "lead-2"], ["lead-0"], ["lead-1"], ["lead-2"]]
+    assert [letter.key for letter in harness.dead_letters.published] == [b"lead-1"]
+    assert await harness.outbox_size() == 2
+
+
+def test_runs_break_at_a_change_of_type_and_around_unbatched_handlers() -> None:
+    async def single(tx: Transaction, event: CloudEvent) -> None: ...
+
+    batched = Batched(RunRecorder())
+    kinds = ["a", "a", "b", "b", "a"]
+    work = [(None, CloudEvent(type=kind, source="s", subject=str(n), data={}), batched if kind == "a" else single)
+            for n, kind in enumerate(kinds)]  # fmt: skip
+    assert [[event.subject for _, event, _ in run] for run in _runs(work)] == [["0", "1"], ["2"], ["3"], ["4"]]
