@@ -29,8 +29,17 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import psutil  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
 from baselines import captured_event, relay_throughput, relay_topics  # noqa: E402
-from speed.load import Ledger, OpenLoop, lead_fields  # noqa: E402
-from speed.monitor import CpuSampler, LagSampler, Monitor, RoutedWatcher, find_by_cmdline, process_tree  # noqa: E402
+from speed.http import RawHttpClient  # noqa: E402
+from speed.load import REQUEST_TIMEOUT_SECONDS, Ledger, OpenLoop, lead_fields  # noqa: E402
+from speed.monitor import (  # noqa: E402
+    CpuSampler,
+    LagSampler,
+    Monitor,
+    ProcessFinder,
+    RoutedWatcher,
+    find_by_cmdline,
+    process_tree,
+)
 from speed.phases import Pipeline, http_max_rps, judge, search_max_sustained  # noqa: E402
 from speed.report import rate_table, save, summary_lines  # noqa: E402
 
@@ -54,6 +63,8 @@ SEARCH_STEPS = int(os.environ.get("BENCH_SEARCH_STEPS", "7"))
 RELAY_MESSAGES = int(os.environ.get("BENCH_RELAY_MESSAGES", "60000"))
 GRACE_SECONDS = _env_float("BENCH_GRACE_SECONDS", 20)
 DRAIN_SECONDS = _env_float("BENCH_DRAIN_SECONDS", 180)
+DRAIN_LEADS = int(os.environ.get("BENCH_DRAIN_LEADS", "3000"))
+DRAIN_ENQUEUE_RATE = _env_float("BENCH_DRAIN_ENQUEUE_RATE", 600)
 REPS = [{"rep_id": f"rep-{n}", "name": f"Rep {n}", "email": f"rep{n}@example.com", "weight": 1 + n % 2}
         for n in range(1, 9)]  # fmt: skip
 CONSUMERS = ("scoring", "routing", "feedback")
@@ -93,6 +104,12 @@ async def start_stack(bootstrap: str, postgres: PostgresServer, log_dir: Path) -
         for rep in REPS:
             (await client.post("/v1/reps", json=rep)).raise_for_status()
     return stack
+
+
+def load_client(url: str) -> RawHttpClient:
+    """The generator's HTTP client for `url` (http://host:port)."""
+    host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+    return RawHttpClient(host, int(port), max_connections=CONNECTIONS, timeout_seconds=REQUEST_TIMEOUT_SECONDS)
 
 
 def pause(stack: Stack, names: tuple[str, ...], sig: signal.Signals) -> None:
@@ -144,21 +161,53 @@ async def baton(kafka: KafkaBroker, postgres: PostgresServer, monitor: Monitor, 
     monitor.cpu.finders.update(cpu_sampler(stack, kafka, postgres).finders)
     watcher = RoutedWatcher(kafka.bootstrap_servers, monitor.ledger)
     await watcher.start()
-    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    client = load_client(stack["lead_intake"].url)
     try:
-        async with httpx.AsyncClient(base_url=stack["lead_intake"].url, limits=limits) as client:
-            load = OpenLoop(client, "/v1/leads", stack.headers, connections=CONNECTIONS)
-            pipeline = Pipeline(load, monitor.ledger, monitor, f"r{int(time.time())}", GRACE_SECONDS, DRAIN_SECONDS)
-            rates, max_sustained, steps = await pipeline_phases(pipeline)
-            pause(stack, CONSUMERS, signal.SIGSTOP)
-            try:
-                intake_http = await http_max_rps(load, HTTP_SECONDS, monitor, "intake")
-            finally:
-                pause(stack, CONSUMERS, signal.SIGCONT)
+        load = OpenLoop(client, "/v1/leads", stack.headers, connections=CONNECTIONS)
+        pipeline = Pipeline(load, monitor.ledger, monitor, f"r{int(time.time())}", GRACE_SECONDS, DRAIN_SECONDS)
+        rates, max_sustained, steps = await pipeline_phases(pipeline)
+        pause(stack, CONSUMERS, signal.SIGSTOP)
+        try:
+            intake_http = await http_max_rps(load, HTTP_SECONDS, monitor, "intake")
+        finally:
+            pause(stack, CONSUMERS, signal.SIGCONT)
+        scale_out = await scale_out_drains(pipeline, stack, monitor)
     finally:
+        await client.close()
         await watcher.stop()
         await asyncio.to_thread(stack.stop)
-    return {"rates": rates, "search": {"max_sustained": max_sustained, "steps": steps}, "intake_http": intake_http}
+    return {"rates": rates, "search": {"max_sustained": max_sustained, "steps": steps}, "intake_http": intake_http,
+            "scale_out": scale_out}  # fmt: skip
+
+
+def with_replica(finder: ProcessFinder, pid: int) -> list[psutil.Process]:
+    """A service's processes and a replica's."""
+    return [*finder(), *process_tree(pid)]
+
+
+async def scale_out_drains(pipeline: Pipeline, stack: Stack, monitor: Monitor) -> dict[str, Any]:
+    """The same backlog routed by one, then two, processes each of scoring and routing (one consumer group per
+    service, partitions spread over its members)."""
+    scaled = ("scoring", "routing")
+    processes = [process for name in scaled if (process := stack[name].process) is not None]
+    one = await pipeline.backlog_drain("drain-1x", leads=DRAIN_LEADS, enqueue_rate=DRAIN_ENQUEUE_RATE, paused=processes)
+    replicas = [stack[name].replica(1) for name in scaled]
+    for replica in replicas:
+        replica.start({f"BATON_{replica.name.upper()}_LOG_LEVEL": "WARNING"})
+    try:
+        for replica in replicas:
+            await asyncio.to_thread(replica.wait_ready)
+            assert replica.process is not None
+            monitor.cpu.finders[replica.name] = functools.partial(
+                with_replica, monitor.cpu.finders[replica.name], replica.process.pid
+            )
+        both = [*processes, *(replica.process for replica in replicas if replica.process is not None)]
+        two = await pipeline.backlog_drain("drain-2x", leads=DRAIN_LEADS, enqueue_rate=DRAIN_ENQUEUE_RATE, paused=both)
+    finally:
+        for replica in replicas:
+            await asyncio.to_thread(replica.stop)
+    gain = two["leads_per_second"] / one["leads_per_second"] if one["leads_per_second"] else 0.0
+    return {"one_replica": one, "two_replicas": two, "gain": round(gain, 2), "partitions": PARTITIONS}
 
 
 async def bare_endpoint(monitor: Monitor, log_dir: Path) -> dict[str, Any]:
@@ -168,10 +217,12 @@ async def bare_endpoint(monitor: Monitor, log_dir: Path) -> dict[str, Any]:
     monitor.cpu.finders["bare"] = lambda: process_tree(server.pid)
     try:
         ServiceProcess("bare", port, {}, log_dir / "bare.log", process=None).wait_ready()
-        limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
+        client = load_client(f"http://127.0.0.1:{port}")
+        try:
             load = OpenLoop(client, "/v1/leads", {}, connections=CONNECTIONS)
             return await http_max_rps(load, HTTP_SECONDS, monitor, "bare")
+        finally:
+            await client.close()
     finally:
         stop_process(server)
 

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
+
+from speed.http import HttpError, RawHttpClient
 
 COUNTRIES = ("US", "DE", "JP", "GB", "FR", "BR", "IN", "CA", "AU", "ES", "NL", "SE")
 TITLES = ("VP Sales", "Head of Marketing", "CTO", "Marketing Manager", "Founder", "Sales Director", "Analyst")
@@ -77,6 +78,10 @@ class Ledger:
         """Leads of `phase` acknowledged but not yet seen routed."""
         return self.acked[phase] - self.routed[phase]
 
+    def leads_of(self, phase: str) -> list[str]:
+        """The routed leads of `phase`."""
+        return [lead for lead, of in self.phase_of.items() if of == phase and lead in self.routed_at]
+
     def pending(self) -> int:
         """Leads of every phase acknowledged but not yet seen routed."""
         return sum(self.acked.values()) - sum(self.routed.values())
@@ -108,7 +113,7 @@ class PostStats:
     statuses: Counter[int] = field(default_factory=Counter)
     unanswered: int = 0
     # Arrivals while every connection was busy: dropped at once (counted as errors), because queueing them in
-    # httpx's pool costs the client time quadratic in the queue and the client would end up measuring itself.
+    # the client's queue would grow without bound and the client would end up measuring itself.
     shed: int = 0
     response_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -129,7 +134,7 @@ class OpenLoop:
     """Posts request n at start + n / rate as its own task, whatever happened to the others (no coordinated
     omission: response time counts from the scheduled send)."""
 
-    def __init__(self, client: httpx.AsyncClient, path: str, headers: dict[str, str], *, connections: int) -> None:
+    def __init__(self, client: RawHttpClient, path: str, headers: dict[str, str], *, connections: int) -> None:
         self._client = client
         self._connections = connections
         self._path = path
@@ -173,19 +178,17 @@ class OpenLoop:
         self, content: bytes, scheduled: float, stats: PostStats, on_accept: Callable[[str, float], None]
     ) -> None:
         try:
-            response = await self._client.post(
-                self._path, content=content, headers=self._headers, timeout=REQUEST_TIMEOUT_SECONDS
-            )
-        except httpx.HTTPError:
+            status, answer = await self._client.post(self._path, content, self._headers)
+        except HttpError:
             stats.unanswered += 1
             return
         answered = time.monotonic()
         stats.response_ms.append((answered - scheduled) * 1000)
-        if response.status_code != 202:
-            stats.statuses[response.status_code] += 1
+        if status != 202:
+            stats.statuses[status] += 1
             return
         stats.accepted += 1
-        on_accept(orjson.loads(response.content)["lead_id"], answered)
+        on_accept(orjson.loads(answer)["lead_id"], answered)
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +57,35 @@ class Pipeline:
         summary = self._summary(name, stats, backlog_at_end, drained)
         print(f"{name}: {stats.accepted}/{stats.sent} 202, speed to lead {summary['speed_to_lead_ms']}", flush=True)
         return summary
+
+    async def backlog_drain(
+        self, name: str, *, leads: int, enqueue_rate: float, paused: list[subprocess.Popen[bytes]]
+    ) -> dict[str, Any]:
+        """Post `leads` while the `paused` consumers are stopped, resume them, and time how fast the pipeline
+        routes the backlog: consumer throughput, whatever the HTTP side can do."""
+        self.monitor.phase = name
+        for process in paused:
+            process.send_signal(signal.SIGSTOP)
+        try:
+            stats = await self.load.run(
+                rate=enqueue_rate, seconds=leads / enqueue_rate, body=self._body,
+                on_accept=lambda lead_id, at: self.ledger.acknowledge(lead_id, name, at),
+            )  # fmt: skip
+        finally:
+            resumed = time.monotonic()
+            for process in paused:
+                process.send_signal(signal.SIGCONT)
+        self._next_number += stats.sent
+        self.monitor.phase = f"{name}-routing"
+        drained = await self._drain(name)
+        last = max((self.ledger.routed_at[lead] for lead in self.ledger.leads_of(name)), default=resumed)
+        routed = self.ledger.routed[name]
+        rate = routed / (last - resumed) if last > resumed else 0.0
+        print(f"{name}: {routed}/{stats.accepted} routed from backlog at {rate:.0f} leads/s", flush=True)
+        return {"name": name, "accepted": stats.accepted, "routed": routed, "lost": self.ledger.backlog(name),
+                "duplicates": self.ledger.duplicates(name), "seconds": round(last - resumed, 2),
+                "leads_per_second": round(rate, 1), "drain_seconds": drained,
+                "cpu": self.monitor.cpu_by_phase(f"{name}-routing")}  # fmt: skip
 
     async def _drain(self, name: str) -> float:
         # Wait for the phase's leads to be routed; give up after `grace_seconds` without progress.

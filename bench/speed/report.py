@@ -63,6 +63,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         "each, same open-loop client)",
         f"ratios: throughput / relay = {result['ratios']['throughput_vs_relay']:.3f}; "
         f"intake / bare = {result['ratios']['intake_vs_bare']:.3f}",
+        _scale_out_line(result["scale_out"]),
         "targets:",
     ]
     lines += [
@@ -70,6 +71,16 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         for target in result["targets"]
     ]
     return lines
+
+
+def _scale_out_line(scale: dict[str, Any]) -> str:
+    one, two = scale["one_replica"], scale["two_replicas"]
+    return (
+        f"scale-out ({scale['partitions']} partitions, backlog of {one['accepted']} leads): 1 replica each of "
+        f"scoring and routing {one['leads_per_second']:.0f} leads/s, 2 replicas each {two['leads_per_second']:.0f} "
+        f"leads/s (x{scale['gain']:.2f}); lost {one['lost'] + two['lost']}, duplicates "
+        f"{one['duplicates'] + two['duplicates']}"
+    )
 
 
 def save(result: dict[str, Any], reports: Path, stamp: str) -> tuple[Path, Path]:
@@ -98,8 +109,10 @@ def draw(result: dict[str, Any], path: Path) -> None:
         "raw relay\n(3 hops)": result["relay"]["messages_per_second"],
         "intake\nreq/s": result["intake_http"]["max_rps"],
         "bare FastAPI\nreq/s": result["bare_http"]["max_rps"],
+        "backlog drain\n1 replica": result["scale_out"]["one_replica"]["leads_per_second"],
+        "backlog drain\n2 replicas": result["scale_out"]["two_replicas"]["leads_per_second"],
     }
-    throughput.bar(list(bars), list(bars.values()), color=["C0", "C7", "C1", "C7"])
+    throughput.bar(list(bars), list(bars.values()), color=["C0", "C7", "C1", "C7", "C2", "C2"])
     throughput.set(ylabel="per second", title="Throughput vs baselines", yscale="log")
     for index, value in enumerate(bars.values()):
         throughput.annotate(f"{value:.0f}", (index, value), ha="center", va="bottom")
