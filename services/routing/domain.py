@@ -91,6 +91,39 @@ def decide(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class RoutingView:
+    """What routing knows between two decisions of a run of leads: each rep's load and each pool's round-robin
+    totals, as the decisions so far left them."""
+
+    loads: Mapping[str, Load]
+    rotations: Mapping[str, Mapping[str, int]]
+
+
+def decide_next(
+    lead: Mapping[str, Any],
+    *,
+    view: RoutingView,
+    policy: RoutingPolicy,
+    reps: Sequence[Rep],
+    account_owner: str | None,
+    now: datetime,
+) -> tuple[Decision, RoutingView]:
+    """Route a new lead as `decide` does, and the view after it: the chosen rep carries one more lead and, when a
+    rule's pool picked them, the pool's turn moves on. Deciding a run's leads in order through this gives what
+    deciding each on freshly stored loads and turns would."""
+    decision = decide(lead, policy=policy, reps=reps, loads=view.loads, account_owner=account_owner,
+                      rotations=view.rotations, now=now)  # fmt: skip
+    if decision.rep is None:
+        return decision, view
+    rep_id = decision.rep.rep_id
+    loads = {**view.loads, rep_id: view.loads.get(rep_id, Load()).with_new_leads(decision.rep.local_day(now))}
+    rotations = view.rotations
+    if decision.via == "rule":
+        rotations = {**rotations, decision.pool: dict(decision.rotation)}
+    return decision, RoutingView(loads, rotations)
+
+
 def decide_in_pool(
     lead: Mapping[str, Any],
     *,
@@ -169,3 +202,43 @@ def pick_weighted(eligible: Sequence[Rep], rotation: Mapping[str, int]) -> tuple
     chosen = min(eligible, key=lambda rep: (-current[rep.rep_id], rep.rep_id))
     current[chosen.rep_id] -= total
     return chosen, current
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What routing a run of scored leads decides: each new lead with its decision (in order), the queued leads
+    re-scored (by id, with their latest view) and the loads and turns after the run."""
+
+    decided: tuple[tuple[Mapping[str, Any], Decision], ...]
+    rescored: Mapping[str, Mapping[str, Any]]
+    view: RoutingView
+
+
+def plan_run(
+    leads: Sequence[Mapping[str, Any]],
+    *,
+    statuses: Mapping[str, str | None],
+    view: RoutingView,
+    policy: RoutingPolicy,
+    reps: Sequence[Rep],
+    owners: Mapping[str, str],
+    now: datetime,
+) -> RunPlan:
+    """Route scored leads in order as routing each on freshly stored state would: a lead already routed (`statuses`,
+    or earlier in the run) is only re-scored while it waits in a queue; a new lead is decided on the loads and
+    turns the leads before it left. `owners`: account owner by lower-cased company domain."""
+    known = dict(statuses)
+    decided: list[tuple[Mapping[str, Any], Decision]] = []
+    rescored: dict[str, Mapping[str, Any]] = {}
+    for lead in leads:
+        lead_id = lead["lead_id"]
+        if lead_id in known:
+            if known[lead_id] == "queued":
+                rescored[lead_id] = lead
+            continue
+        domain = lead.get("company_domain")
+        owner = owners.get(domain.lower()) if domain else None
+        decision, view = decide_next(lead, view=view, policy=policy, reps=reps, account_owner=owner, now=now)
+        known[lead_id] = "queued" if decision.rep is None else "assigned"
+        decided.append((lead, decision))
+    return RunPlan(tuple(decided), rescored, view)

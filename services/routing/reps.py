@@ -84,6 +84,10 @@ class Load:
         """New leads counted for `today`; a count from another day no longer applies."""
         return self.new_on_day if self.day == today else 0
 
+    def with_new_leads(self, today: date, count: int = 1) -> Load:
+        """This load after `count` more leads on `today`: what claiming capacity counts in the database."""
+        return Load(open_leads=self.open_leads + count, day=today, new_on_day=self.new_today(today) + count)
+
 
 @dataclass(frozen=True)
 class Requirements:
@@ -113,6 +117,17 @@ def why_ineligible(rep: Rep, load: Load, now: datetime, needs: Requirements = Re
     if rep.max_per_day is not None and load.new_today(today) >= rep.max_per_day:
         return f"daily cap reached: {load.new_today(today)} of {rep.max_per_day} new leads today"
     return _unmet(rep, needs)
+
+
+def has_room(rep: Rep, load: Load, today: date, count: int) -> bool:
+    """True if `rep`, carrying `load`, can take `count` more leads on `today` without passing a cap."""
+    if rep.max_open is not None and load.open_leads + count > rep.max_open:
+        return False
+    if rep.max_per_day is None:
+        return True
+    if load.day != today:  # as claiming capacity counts it: a new day's first lead always counts
+        return count <= max(rep.max_per_day, 1)
+    return load.new_on_day + count <= rep.max_per_day
 
 
 def _unmet(rep: Rep, needs: Requirements) -> str | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,9 +31,10 @@ CLOSING_OUTCOMES = frozenset({"won", "lost", "disqualified", "recycled"})
 CLAIM_ATTEMPTS = 3
 
 
-async def route_scored_lead(tx: Transaction, scored: LeadScoredV1) -> None:
+async def route_scored_lead(tx: Transaction, scored: LeadScoredV1, *, now: datetime | None = None) -> None:
     """Route a scored lead once. A re-score of a lead already routed changes nothing, except that a lead still
     waiting in a queue waits with its new score."""
+    moment = now or utc_now()
     lead = lead_view(scored)
     if await is_erased(tx.session, store.metadata, lead_id=scored.lead_id):  # erased before this arrived
         lead = strip_personal(lead)
@@ -41,10 +43,10 @@ async def route_scored_lead(tx: Transaction, scored: LeadScoredV1) -> None:
         if current["status"] == "queued":
             await store.update_assignment(
                 tx.session, lead_id=scored.lead_id, lead=lead, score=scored.score, grade=scored.grade,
-                verdict=scored.verdict, updated_at=utc_now(),
+                verdict=scored.verdict, updated_at=moment,
             )  # fmt: skip
         return
-    routed = await _route(tx, lead, now=utc_now(), current=None, cause=None)
+    routed = await _route(tx, lead, now=moment, current=None, cause=None)
     observe_speed_to_lead(lead.get("captured_at"), routed.routed_at)
 
 
@@ -96,6 +98,42 @@ async def _record(
     cause: str | None,
     previous_rep_id: str | None,
 ) -> LeadRoutedV1:
+    record = routing_record(lead, decision, policy=policy, version=version, now=now, current=current, cause=cause,
+                            previous_rep_id=previous_rep_id)  # fmt: skip
+    if current is None:
+        await store.insert_assignment(tx.session, **record.new_assignment())
+    else:
+        await store.update_assignment(tx.session, lead_id=lead["lead_id"], tried=current.get("tried") or [],
+                                      **record.state)  # fmt: skip
+    await publish(tx, record.routed, details=record.details)
+    return record.routed
+
+
+@dataclass(frozen=True)
+class RoutingRecord:
+    """What a routing decision stores and announces: the lead's new routing state, its event and explanation."""
+
+    state: dict[str, Any]
+    routed: LeadRoutedV1
+    details: dict[str, Any]
+
+    def new_assignment(self) -> dict[str, Any]:
+        """The assignments row of a lead routed for the first time."""
+        return {"lead_id": self.routed.lead_id, "tried": [], **self.state}
+
+
+def routing_record(
+    lead: dict[str, Any],
+    decision: Decision,
+    *,
+    policy: RoutingPolicy,
+    version: str,
+    now: datetime,
+    current: dict[str, Any] | None,
+    cause: str | None,
+    previous_rep_id: str | None,
+) -> RoutingRecord:
+    """The routing state and `leads.routed` event of `decision` on `lead` (its SLA deadline, kind and reason)."""
     rep = decision.rep
     ever_assigned = bool(current and (current.get("tried") or current.get("rep_id")))
     kind: RoutingKind = "unassigned" if rep is None else "reassigned" if ever_assigned else "assigned"
@@ -114,10 +152,6 @@ async def _record(
         "grade": lead.get("grade"), "verdict": lead.get("verdict"), "sla_deadline": deadline, "lead": lead,
         "updated_at": now,
     }  # fmt: skip
-    if current is None:
-        await store.insert_assignment(tx.session, lead_id=lead["lead_id"], tried=[], **state)
-    else:
-        await store.update_assignment(tx.session, lead_id=lead["lead_id"], tried=current.get("tried") or [], **state)
     routed = LeadRoutedV1(
         lead_id=lead["lead_id"], assignment_id=assignment_id, kind=kind, rep_id=rep.rep_id if rep else None,
         rep_name=rep.name if rep else None, rep_email=rep.email if rep else None, team=rep.team if rep else None,
@@ -125,19 +159,25 @@ async def _record(
         sla_deadline=deadline, previous_rep_id=previous_rep_id, reason=reason, score=state["score"], routed_at=now,
         lead=_contact(lead),
     )  # fmt: skip
-    await publish(tx, routed, details=details)
-    return routed
+    return RoutingRecord(state, routed, details)
 
 
 async def publish(tx: Transaction, routed: LeadRoutedV1, *, details: Mapping[str, Any] | None = None) -> None:
     """Emit a routing event to every channel in the same transaction: Kafka (outbox), webhooks, live stream."""
-    event = await tx.emit(routed)
-    await store.add_decision(
-        tx.session, lead_id=routed.lead_id, assignment_id=routed.assignment_id, kind=routed.kind,
-        rep_id=routed.rep_id, reason=routed.reason[:1000], details=dict(details or {}), at=routed.routed_at,
-    )  # fmt: skip
-    await webhooks.enqueue_deliveries(tx.session, event, routed)
-    await stream.append_event(tx.session, event, routed)
+    await publish_all(tx, [(routed, details or {})])
+
+
+async def publish_all(tx: Transaction, announced: Sequence[tuple[LeadRoutedV1, Mapping[str, Any]]]) -> None:
+    """`publish` many routing events, in order, with one statement per channel."""
+    events = await tx.emit_all([routed for routed, _ in announced])
+    await store.add_decisions(tx.session, [
+        {"lead_id": routed.lead_id, "assignment_id": routed.assignment_id, "kind": routed.kind,
+         "rep_id": routed.rep_id, "reason": routed.reason[:1000], "details": dict(details), "at": routed.routed_at}
+        for routed, details in announced
+    ])  # fmt: skip
+    published = [(event, routed) for event, (routed, _) in zip(events, announced, strict=True)]
+    await webhooks.enqueue_all_deliveries(tx.session, published)
+    await stream.append_events(tx.session, published)
 
 
 def _contact(lead: Mapping[str, Any]) -> dict[str, Any]:

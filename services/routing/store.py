@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -331,27 +333,36 @@ async def load_roster(session: AsyncSession) -> tuple[list[Rep], dict[str, Load]
     return [rep_from_row(row) for row in rows], {row["rep_id"]: load_from_row(row) for row in rows}
 
 
-async def claim_capacity(session: AsyncSession, rep: Rep, *, today: date) -> bool:
-    """Count one more open (and today's new) lead for `rep` unless a cap is reached: compare-and-increment, so two
-    replicas assigning at once can never both take the last slot. False if the rep is full."""
+async def claim_capacity(session: AsyncSession, rep: Rep, *, today: date, count: int = 1) -> bool:
+    """Count `count` more open (and today's new) leads for `rep` unless that passes a cap: compare-and-increment,
+    so two replicas assigning at once can never both take the last slot. False (nothing counted) if it would."""
     day = today.isoformat()
     conditions = [rep_loads.c.rep_id == rep.rep_id]
     if rep.max_open is not None:
-        conditions.append(rep_loads.c.open_leads < rep.max_open)
+        conditions.append(rep_loads.c.open_leads <= rep.max_open - count)
     if rep.max_per_day is not None:
-        conditions.append(
-            or_(rep_loads.c.day.is_(None), rep_loads.c.day != day, rep_loads.c.new_on_day < rep.max_per_day)
-        )
+        room_today = rep_loads.c.new_on_day <= rep.max_per_day - count
+        if count <= max(rep.max_per_day, 1):  # a new day's first lead always counts, as one claim at a time would
+            conditions.append(or_(rep_loads.c.day.is_(None), rep_loads.c.day != day, room_today))
+        else:
+            conditions.append(and_(rep_loads.c.day == day, room_today))
     result = await session.execute(
         update(rep_loads)
         .where(and_(*conditions))
         .values(
-            open_leads=rep_loads.c.open_leads + 1,
-            new_on_day=case((rep_loads.c.day == day, rep_loads.c.new_on_day + 1), else_=1),
+            open_leads=rep_loads.c.open_leads + count,
+            new_on_day=case((rep_loads.c.day == day, rep_loads.c.new_on_day + count), else_=count),
             day=day,
         )
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def lock_loads(session: AsyncSession, *, rep_ids: Sequence[str]) -> dict[str, Load]:
+    """The current loads of these reps, their rows locked to commit (in rep id order, as every path takes them), so
+    the capacity they have left cannot change before it is claimed. A rep without a load row is absent."""
+    query = select(rep_loads).where(rep_loads.c.rep_id.in_(rep_ids)).order_by(rep_loads.c.rep_id).with_for_update()
+    return {row["rep_id"]: load_from_row(dict(row)) for row in (await session.execute(query)).mappings()}
 
 
 async def release_capacity(session: AsyncSession, *, rep_id: str) -> None:
@@ -437,6 +448,15 @@ async def account_owner(session: AsyncSession, *, domain: str | None) -> str | N
     return result
 
 
+async def account_owners(session: AsyncSession, *, domains: Iterable[str | None]) -> dict[str, str]:
+    """The rep owning each of these company domains that has one, by lower-cased domain."""
+    wanted = sorted({domain.lower() for domain in domains if domain})
+    if not wanted:
+        return {}
+    rows = await session.execute(select(accounts.c.domain, accounts.c.rep_id).where(accounts.c.domain.in_(wanted)))
+    return {domain: rep_id for domain, rep_id in rows.all()}
+
+
 # --- policies ------------------------------------------------------------------------------------------------------
 
 
@@ -485,6 +505,23 @@ async def lock_rotation(session: AsyncSession, *, pool: str) -> dict[str, int]:
     return dict(row[0] or {}) if row else {}
 
 
+async def lock_rotations(session: AsyncSession, *, pools: Sequence[str]) -> dict[str, dict[str, int]]:
+    """`lock_rotation` for many pools at once (taken in pool order): their round-robin totals, by pool."""
+    if not pools:
+        return {}
+    statement = (
+        select(rotations.c.pool, rotations.c.weights)
+        .where(rotations.c.pool.in_(pools))
+        .order_by(rotations.c.pool)
+        .with_for_update()
+    )
+    found = {pool: dict(weights or {}) for pool, weights in (await session.execute(statement)).all()}
+    missing = sorted(set(pools) - set(found))
+    if missing:
+        await session.execute(rotations.insert(), [{"pool": pool, "weights": {}} for pool in missing])
+    return {**found, **{pool: {} for pool in missing}}
+
+
 async def peek_rotation(session: AsyncSession, *, pool: str) -> dict[str, int]:
     """The pool's round-robin totals, without taking its lock (for simulations)."""
     row = (await session.execute(select(rotations.c.weights).where(rotations.c.pool == pool))).first()
@@ -513,6 +550,42 @@ async def insert_assignment(session: AsyncSession, **values: Any) -> None:
     await session.execute(assignments.insert().values(**values))
 
 
+async def routing_statuses(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, str | None]:
+    """The routing status of each of these leads that was routed, their rows locked to commit (in lead id order,
+    so two replicas locking overlapping leads never wait on each other in a cycle)."""
+    query = (
+        select(assignments.c.lead_id, assignments.c.status)
+        .where(assignments.c.lead_id.in_(lead_ids))
+        .order_by(assignments.c.lead_id)
+        .with_for_update()
+    )
+    return {lead_id: status for lead_id, status in (await session.execute(query)).all()}
+
+
+async def insert_assignments(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Store many leads' first routing decisions with one statement."""
+    if rows:
+        await session.execute(assignments.insert(), list(rows))
+
+
+async def rescore_queued(session: AsyncSession, leads: Sequence[Mapping[str, Any]], *, at: datetime) -> None:
+    """Let queued leads wait with their new score: `leads` are lead views (lead_id, score, grade, verdict)."""
+    if not leads:
+        return
+    statement = (
+        update(assignments)
+        .where(assignments.c.lead_id == bindparam("rescored_lead_id"))
+        .values(lead=bindparam("new_lead"), score=bindparam("new_score"), grade=bindparam("new_grade"),
+                verdict=bindparam("new_verdict"), updated_at=bindparam("rescored_at"))
+    )  # fmt: skip
+    rows = [
+        {"rescored_lead_id": lead["lead_id"], "new_lead": dict(lead), "new_score": lead["score"],
+         "new_grade": lead.get("grade"), "new_verdict": lead.get("verdict"), "rescored_at": at}
+        for lead in leads
+    ]  # fmt: skip
+    await session.execute(statement, rows)
+
+
 async def update_assignment(
     session: AsyncSession, *, lead_id: str, expect_status: str | None = None, **values: Any
 ) -> bool:
@@ -525,9 +598,16 @@ async def update_assignment(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def add_decision(session: AsyncSession, **values: Any) -> None:
-    """Append to a lead's routing history."""
-    await session.execute(decisions.insert().values(**values))
+async def add_decisions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Append to leads' routing histories, in order, with one statement."""
+    if rows:
+        await session.execute(decisions.insert(), list(rows))
+
+
+async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set[str]:
+    """Which of these leads were erased (anything personal about them must not be stored)."""
+    table = metadata.tables[ERASED_LEADS]
+    return set((await session.scalars(select(table.c.lead_id).where(table.c.lead_id.in_(lead_ids)))).all())
 
 
 async def lead_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -57,11 +57,20 @@ class StreamPage:
 
 async def append_event(session: AsyncSession, event: CloudEvent, routed: LeadRoutedV1) -> None:
     """Record `event` for the stream, in the caller's transaction."""
-    await session.execute(
-        stream_events.insert().values(
-            lead_id=routed.lead_id, rep_id=routed.rep_id, team=routed.team, event=event.to_structured(), at=utc_now()
-        )
-    )
+    await append_events(session, [(event, routed)])
+
+
+async def append_events(session: AsyncSession, published: Sequence[tuple[CloudEvent, LeadRoutedV1]]) -> None:
+    """Record events for the stream, in order (their seqs follow it), in the caller's transaction."""
+    if not published:
+        return
+    now = utc_now()
+    rows = [
+        {"lead_id": routed.lead_id, "rep_id": routed.rep_id, "team": routed.team, "event": event.to_structured(),
+         "at": now}
+        for event, routed in published
+    ]  # fmt: skip
+    await session.execute(stream_events.insert(), rows)
 
 
 async def events_after(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.store import webhook_deliveries as deliveries
@@ -74,25 +74,29 @@ def wants(subscription: dict[str, Any], routed: LeadRoutedV1) -> bool:
 
 async def enqueue_deliveries(session: AsyncSession, event: CloudEvent, routed: LeadRoutedV1) -> None:
     """Queue a delivery of `event` to every matching subscription, in the caller's transaction."""
-    query = select(subscriptions).where(
-        subscriptions.c.active,
-        or_(subscriptions.c.team.is_(None), subscriptions.c.team == routed.team),
-        or_(subscriptions.c.rep_id.is_(None), subscriptions.c.rep_id == routed.rep_id),
-    )
-    matching = [dict(row) for row in (await session.execute(query)).mappings() if wants(dict(row), routed)]
-    if not matching:
+    await enqueue_all_deliveries(session, [(event, routed)])
+
+
+async def enqueue_all_deliveries(session: AsyncSession, published: Sequence[tuple[CloudEvent, LeadRoutedV1]]) -> None:
+    """Queue a delivery of each event to every subscription that wants it, in the caller's transaction (the
+    subscriptions are read once and the deliveries written with one statement, however many events)."""
+    if not published:
         return
+    query = select(subscriptions).where(subscriptions.c.active).order_by(subscriptions.c.subscription_id)
+    active = [dict(row) for row in (await session.execute(query)).mappings()]
     now = utc_now()
-    structured = event.to_structured()
     rows = [
         {
             "delivery_id": new_delivery_id(), "subscription_id": subscription["subscription_id"],
-            "lead_id": routed.lead_id, "event": structured, "status": "pending", "attempts": 0,
+            "lead_id": routed.lead_id, "event": event.to_structured(), "status": "pending", "attempts": 0,
             "next_attempt_at": now, "created_at": now,
         }
-        for subscription in matching
+        for event, routed in published
+        for subscription in active
+        if wants(subscription, routed)
     ]  # fmt: skip
-    await session.execute(deliveries.insert(), rows)
+    if rows:
+        await session.execute(deliveries.insert(), rows)
 
 
 # --- subscriptions -------------------------------------------------------------------------------------------------
