@@ -1,7 +1,9 @@
 """Consumed events of scoring, one small function each."""
 
+from collections.abc import Sequence
+
 from services.scoring import service
-from shared.consumer import Handler
+from shared.consumer import Batched, Handler
 from shared.envelope import CloudEvent
 from shared.events import (
     ActivityRecordedV1,
@@ -17,14 +19,14 @@ from shared.uow import Transaction
 CONSUMES = (LEADS_CAPTURED, LEADS_ACTIVITY, LEADS_OUTCOMES, LEADS_ERASED)
 
 
-async def on_lead_captured(tx: Transaction, event: CloudEvent) -> None:
-    """A new lead: keep its facts and score it."""
-    await service.on_lead_captured(tx, parse_payload(event, LeadCapturedV1))
+async def on_leads_captured(tx: Transaction, events: Sequence[CloudEvent]) -> None:
+    """New leads, a run at a time: keep their facts and score them."""
+    await service.on_leads_captured(tx, [parse_payload(event, LeadCapturedV1) for event in events])
 
 
-async def on_lead_merged(tx: Transaction, event: CloudEvent) -> None:
-    """A resubmission: the lead as it now stands, and renewed interest."""
-    await service.on_lead_captured(tx, parse_payload(event, LeadMergedV1))
+async def on_leads_merged(tx: Transaction, events: Sequence[CloudEvent]) -> None:
+    """Resubmissions, a run at a time: the leads as they now stand, and renewed interest."""
+    await service.on_leads_captured(tx, [parse_payload(event, LeadMergedV1) for event in events])
 
 
 async def on_activity(tx: Transaction, event: CloudEvent) -> None:
@@ -44,8 +46,8 @@ async def on_lead_erased(tx: Transaction, event: CloudEvent) -> None:
 
 HANDLERS: dict[str, Handler] = {
     LeadErasedV1.EVENT_TYPE: on_lead_erased,
-    LeadCapturedV1.EVENT_TYPE: on_lead_captured,
-    LeadMergedV1.EVENT_TYPE: on_lead_merged,
+    LeadCapturedV1.EVENT_TYPE: Batched(on_leads_captured),
+    LeadMergedV1.EVENT_TYPE: Batched(on_leads_merged),
     ActivityRecordedV1.EVENT_TYPE: on_activity,
     OutcomeRecordedV1.EVENT_TYPE: on_outcome,
 }

@@ -6,23 +6,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from services.scoring import store
-from services.scoring.learning import blend, explain, features, label_of, learn, probability
-from services.scoring.rules import RESUBMISSION, STARTER_MODEL, ScoringModelDefinition, Touch, score_with_rules
+from services.scoring.captures import Capture, fold_captures, until_each_learner
+from services.scoring.learning import Weights, blend, explain, features, label_of, learn, probability
+from services.scoring.rules import STARTER_MODEL, ScoringModelDefinition, Touch, score_with_rules
 from shared.envelope import utc_now
 from shared.events import (
     ActivityRecordedV1,
     LeadCapturedV1,
     LeadErasedV1,
-    LeadMergedV1,
     LeadScoredV1,
     OutcomeRecordedV1,
 )
 from shared.events import ScoreContribution as Contribution
-from shared.privacy import forget_sent_events, is_erased, mark_erased, strip_personal
+from shared.privacy import forget_sent_events, mark_erased, strip_personal
 from shared.uow import Transaction, UnitOfWork
 
 STARTER_VERSION = "starter"
@@ -45,16 +46,45 @@ async def _model_in_force(tx: Transaction) -> tuple[str, ScoringModelDefinition]
 
 async def on_lead_captured(tx: Transaction, captured: LeadCapturedV1) -> None:
     """Keep the lead's facts, apply outcomes that arrived before it, and score it."""
-    facts = captured.model_dump(mode="json", exclude={"merged_at", "changed_fields", "renewed_interest"})
-    if await is_erased(tx.session, store.metadata, lead_id=captured.lead_id):  # erased before this arrived
-        facts = strip_personal(facts)
-    await store.save_facts(tx.session, lead_id=captured.lead_id, facts=facts, captured_at=captured.captured_at)
-    if isinstance(captured, LeadMergedV1) and captured.renewed_interest:
-        await store.add_touch(tx.session, lead_id=captured.lead_id, kind=RESUBMISSION, at=captured.merged_at)
-    await rescore(tx, captured.lead_id, facts=facts)
-    # Scored first, so the prediction logged for a held outcome is what the rules said of this lead.
-    for kind, occurred_at in await store.take_pending_outcomes(tx.session, lead_id=captured.lead_id):
-        await _learn_from(tx, captured.lead_id, kind, occurred_at)
+    await on_leads_captured(tx, [captured])
+
+
+async def on_leads_captured(tx: Transaction, run: Sequence[LeadCapturedV1], *, now: datetime | None = None) -> None:
+    """Captures and resubmissions (LeadMergedV1), in order, at a few statements for the whole run rather than a
+    few per lead; every store and announcement is what applying them one by one would make."""
+    lead_ids = list(dict.fromkeys(captured.lead_id for captured in run))
+    if not lead_ids:
+        return
+    now = now or utc_now()
+    erased = await store.erased_among(tx.session, lead_ids=lead_ids)
+    done_before = await store.load_touches_of(tx.session, lead_ids=lead_ids)
+    verdicts = await store.current_verdicts(tx.session, lead_ids=lead_ids)
+    held = await store.take_pending_outcomes(tx.session, lead_ids=lead_ids)
+    version, model = await _model_in_force(tx)
+    captures = fold_captures(run, erased=erased, touches=done_before)
+    for part in until_each_learner(captures, learners=held):
+        xs = [features(capture.facts, capture.touches) for capture in part]
+        learned = await store.load_weights(tx.session, tokens=sorted({token for x in xs for token in x}))
+        announced = []
+        for capture, x in zip(part, xs, strict=True):
+            scored = _scored(capture.lead_id, capture.facts, capture.touches, x, learned, version, model, now=now)
+            if verdicts.get(capture.lead_id) == "qualified" and scored.verdict == "nurture":
+                scored = scored.model_copy(update={"went_cold": True})
+            verdicts[capture.lead_id] = scored.verdict
+            announced.append(scored)
+        await _keep_captures(tx, part, announced)
+        # Scored first, so the prediction logged for a held outcome is what the rules said of this lead.
+        for kind, occurred_at in held.pop(part[-1].lead_id, []):
+            await _learn_from(tx, part[-1].lead_id, kind, occurred_at)
+
+
+async def _keep_captures(tx: Transaction, part: Sequence[Capture], announced: Sequence[LeadScoredV1]) -> None:
+    leads = [(capture.lead_id, capture.facts, capture.captured_at) for capture in part]
+    await store.save_all_facts(tx.session, leads=leads)
+    resubmitted = [(capture.lead_id, capture.resubmitted) for capture in part if capture.resubmitted is not None]
+    await store.add_touches(tx.session, done=resubmitted)
+    await store.save_scores(tx.session, scored=[_score_row(scored) for scored in announced])
+    await tx.emit_all(announced)
 
 
 async def on_lead_erased(tx: Transaction, erased: LeadErasedV1) -> None:
@@ -63,14 +93,14 @@ async def on_lead_erased(tx: Transaction, erased: LeadErasedV1) -> None:
         return
     stored = await store.load_facts(tx.session, lead_id=erased.lead_id)
     if stored is not None:
-        await store.save_facts(tx.session, lead_id=erased.lead_id, facts=strip_personal(stored["facts"]),
-                               captured_at=stored["captured_at"])  # fmt: skip
+        await store.save_all_facts(tx.session, leads=[(erased.lead_id, strip_personal(stored["facts"]),
+                                                       stored["captured_at"])])  # fmt: skip
     await forget_sent_events(tx.session, store.metadata, lead_id=erased.lead_id)
 
 
 async def on_activity(tx: Transaction, activity: ActivityRecordedV1) -> None:
     """Remember what the lead did and score it again (renewed engagement)."""
-    await store.add_touch(tx.session, lead_id=activity.lead_id, kind=activity.kind, at=activity.occurred_at)
+    await store.add_touches(tx.session, done=[(activity.lead_id, Touch(kind=activity.kind, at=activity.occurred_at))])
     await rescore(tx, activity.lead_id)
 
 
@@ -113,16 +143,13 @@ async def rescore(
     *,
     now: datetime | None = None,
     only_if_changed: bool = False,
-    facts: dict[str, Any] | None = None,
 ) -> LeadScoredV1 | None:
     """Score a known lead with the model in force and announce it; None if scoring has not seen the lead
-    (or, with `only_if_changed`, if score, grade and verdict stayed the same). `facts` saves a read when the
-    caller has just stored them."""
-    if facts is None:
-        stored = await store.load_facts(tx.session, lead_id=lead_id)
-        if stored is None:
-            return None
-        facts = stored["facts"]
+    (or, with `only_if_changed`, if score, grade and verdict stayed the same)."""
+    stored = await store.load_facts(tx.session, lead_id=lead_id)
+    if stored is None:
+        return None
+    facts = stored["facts"]
     now = now or utc_now()
     version, model = await _model_in_force(tx)
     touches = await store.load_touches(tx.session, lead_id=lead_id)
@@ -137,14 +164,19 @@ async def rescore(
     went_cold = previous is not None and previous["verdict"] == "qualified" and scored.verdict == "nurture"
     if went_cold:
         scored = scored.model_copy(update={"went_cold": True})
-    await store.save_score(
-        tx.session, lead_id=lead_id, score=scored.score, verdict=scored.verdict, model_version=scored.model_version,
-        contributions=[c.model_dump() for c in scored.contributions], scored_at=now, grade=scored.grade,
-        fit_score=scored.fit_score, engagement_score=scored.engagement_score, rules_score=scored.rules_score,
-        learned_probability=scored.learned_probability,
-    )  # fmt: skip
+    await store.save_scores(tx.session, scored=[_score_row(scored)])
     await tx.emit(scored)
     return scored
+
+
+def _score_row(scored: LeadScoredV1) -> dict[str, Any]:
+    return {
+        "lead_id": scored.lead_id, "score": scored.score, "verdict": scored.verdict,
+        "model_version": scored.model_version, "contributions": [c.model_dump() for c in scored.contributions],
+        "scored_at": scored.scored_at, "grade": scored.grade, "fit_score": scored.fit_score,
+        "engagement_score": scored.engagement_score, "rules_score": scored.rules_score,
+        "learned_probability": scored.learned_probability,
+    }  # fmt: skip
 
 
 async def _score(
@@ -157,9 +189,24 @@ async def _score(
     model: ScoringModelDefinition,
     now: datetime,
 ) -> LeadScoredV1:
-    rules = score_with_rules(model, facts, touches, now=now)
     x = features(facts, touches)
     learned = await store.load_weights(tx.session, tokens=list(x))
+    return _scored(lead_id, facts, touches, x, learned, version, model, now=now)
+
+
+def _scored(
+    lead_id: str,
+    facts: Mapping[str, Any],
+    touches: Sequence[Touch],
+    x: Mapping[str, float],
+    learned: Weights,
+    version: str,
+    model: ScoringModelDefinition,
+    *,
+    now: datetime,
+) -> LeadScoredV1:
+    """The lead's score by the rules of `model` and the `learned` model (`x`: its features, all in `learned`)."""
+    rules = score_with_rules(model, facts, touches, now=now)
     p = probability(learned, x) if learned.outcomes else None
     value = blend(rules.value, p, weight=model.learned_weight, outcomes=learned.outcomes)
     contributions = list(rules.contributions)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +23,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.learning import Weights
@@ -50,6 +53,7 @@ scores = Table(
     Column("learned_probability", Float),
 )
 SCORE_COLUMNS_V2 = ("grade", "fit_score", "engagement_score", "rules_score", "learned_probability")
+SCORE_COLUMNS = tuple(column.name for column in scores.columns)
 
 scoring_models = Table(
     "scoring_models",
@@ -159,16 +163,24 @@ MIGRATIONS = (
 # --- scores ------------------------------------------------------------------------------------------------------
 
 
-async def save_score(session: AsyncSession, **values: Any) -> None:
-    """Store the lead's current score, replacing the previous one."""
-    await session.execute(delete(scores).where(scores.c.lead_id == values["lead_id"]))
-    await session.execute(scores.insert().values(**values))
+async def save_scores(session: AsyncSession, *, scored: Sequence[Mapping[str, Any]]) -> None:
+    """Store leads' current scores with one statement, replacing the previous ones (a lead repeated: its last)."""
+    latest = {row["lead_id"]: dict(row) for row in scored}
+    if latest:
+        replaced = tuple(name for name in SCORE_COLUMNS if name != "lead_id")
+        await session.execute(_upsert(session.bind.dialect.name, "scores", replaced), list(latest.values()))
 
 
 async def load_score(session: AsyncSession, *, lead_id: str) -> dict[str, Any] | None:
     """The lead's current score, or None."""
     row = (await session.execute(select(scores).where(scores.c.lead_id == lead_id))).mappings().first()
     return dict(row) if row else None
+
+
+async def current_verdicts(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, str]:
+    """The current verdict of each of `lead_ids` that has a score."""
+    query = select(scores.c.lead_id, scores.c.verdict).where(scores.c.lead_id.in_(lead_ids))
+    return {lead_id: verdict for lead_id, verdict in await session.execute(query)}
 
 
 async def recent_scores(session: AsyncSession, *, limit: int) -> list[dict[str, Any]]:
@@ -223,13 +235,15 @@ async def activate_model(session: AsyncSession, *, version: int, at: datetime) -
 # --- leads and what they did -------------------------------------------------------------------------------------
 
 
-async def save_facts(session: AsyncSession, *, lead_id: str, facts: dict[str, Any], captured_at: datetime) -> None:
-    """Store the lead as it now stands."""
-    updated = await session.execute(update(lead_facts).where(lead_facts.c.lead_id == lead_id).values(facts=facts))
-    if not getattr(updated, "rowcount", 0):
-        await session.execute(
-            lead_facts.insert().values(lead_id=lead_id, facts=facts, captured_at=captured_at, closed=False)
-        )
+async def save_all_facts(session: AsyncSession, *, leads: Sequence[tuple[str, dict[str, Any], datetime]]) -> None:
+    """Store (lead id, facts, captured at) leads as they now stand with one statement: a known lead keeps when it
+    was captured and whether it is closed; a lead repeated keeps its last facts and its first capture time."""
+    rows: dict[str, dict[str, Any]] = {}
+    for lead_id, facts, captured_at in leads:
+        row = rows.setdefault(lead_id, {"lead_id": lead_id, "captured_at": captured_at, "closed": False})
+        row["facts"] = facts
+    if rows:
+        await session.execute(_upsert(session.bind.dialect.name, "lead_facts", ("facts",)), list(rows.values()))
 
 
 async def load_facts(session: AsyncSession, *, lead_id: str) -> dict[str, Any] | None:
@@ -267,15 +281,37 @@ async def qualified_open_lead_ids(session: AsyncSession) -> list[str]:
     return list((await session.execute(query)).scalars())
 
 
-async def add_touch(session: AsyncSession, *, lead_id: str, kind: str, at: datetime) -> None:
-    """Remember something the lead did."""
-    await session.execute(touches.insert().values(lead_id=lead_id, kind=kind, at=at))
+async def add_touches(session: AsyncSession, *, done: Sequence[tuple[str, Touch]]) -> None:
+    """Remember what (lead id, touch) leads did, in order, with one statement."""
+    if done:
+        await session.execute(
+            touches.insert(), [{"lead_id": lead_id, "kind": touch.kind, "at": touch.at} for lead_id, touch in done]
+        )
 
 
 async def load_touches(session: AsyncSession, *, lead_id: str) -> list[Touch]:
     """Everything the lead did, oldest first."""
     query = select(touches.c.kind, touches.c.at).where(touches.c.lead_id == lead_id).order_by(touches.c.at)
     return [Touch(kind=kind, at=at) for kind, at in await session.execute(query)]
+
+
+async def load_touches_of(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, list[Touch]]:
+    """Everything each of `lead_ids` did, oldest first (leads that did nothing are left out)."""
+    query = (
+        select(touches.c.lead_id, touches.c.kind, touches.c.at)
+        .where(touches.c.lead_id.in_(lead_ids))
+        .order_by(touches.c.at)
+    )
+    done: dict[str, list[Touch]] = {}
+    for lead_id, kind, at in await session.execute(query):
+        done.setdefault(lead_id, []).append(Touch(kind=kind, at=at))
+    return done
+
+
+async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set[str]:
+    """Which of `lead_ids` were erased (so anything personal about them must not be stored)."""
+    erased = metadata.tables[ERASED_LEADS]
+    return set((await session.scalars(select(erased.c.lead_id).where(erased.c.lead_id.in_(lead_ids)))).all())
 
 
 # --- the learned model -------------------------------------------------------------------------------------------
@@ -336,16 +372,20 @@ async def hold_outcome(session: AsyncSession, *, lead_id: str, kind: str, occurr
     await session.execute(pending_outcomes.insert().values(lead_id=lead_id, kind=kind, occurred_at=occurred_at))
 
 
-async def take_pending_outcomes(session: AsyncSession, *, lead_id: str) -> list[tuple[str, datetime]]:
-    """Remove and return the outcomes held for a lead."""
+async def take_pending_outcomes(
+    session: AsyncSession, *, lead_ids: Sequence[str]
+) -> dict[str, list[tuple[str, datetime]]]:
+    """Remove and return the outcomes held for each of `lead_ids`, oldest first (leads with none are left out)."""
     query = (
-        select(pending_outcomes.c.kind, pending_outcomes.c.occurred_at)
-        .where(pending_outcomes.c.lead_id == lead_id)
+        select(pending_outcomes.c.lead_id, pending_outcomes.c.kind, pending_outcomes.c.occurred_at)
+        .where(pending_outcomes.c.lead_id.in_(lead_ids))
         .order_by(pending_outcomes.c.id)
     )
-    held = [(kind, at) for kind, at in await session.execute(query)]
+    held: dict[str, list[tuple[str, datetime]]] = {}
+    for lead_id, kind, occurred_at in await session.execute(query):
+        held.setdefault(lead_id, []).append((kind, occurred_at))
     if held:
-        await session.execute(delete(pending_outcomes).where(pending_outcomes.c.lead_id == lead_id))
+        await session.execute(delete(pending_outcomes).where(pending_outcomes.c.lead_id.in_(list(held))))
     return held
 
 
@@ -379,3 +419,15 @@ async def load_job(session: AsyncSession, *, job_id: str) -> dict[str, Any] | No
     """A re-score job."""
     row = (await session.execute(select(rescore_jobs).where(rescore_jobs.c.job_id == job_id))).mappings().first()
     return dict(row) if row else None
+
+
+# --- upserts -----------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _upsert(dialect: str, table_name: str, replaced: tuple[str, ...]) -> Any:
+    # PostgreSQL and SQLite share the ON CONFLICT clause; built once per shape, so its compiled form is reused.
+    table = metadata.tables[table_name]
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    key = [column.name for column in table.primary_key.columns]
+    return insert.on_conflict_do_update(index_elements=key, set_={name: insert.excluded[name] for name in replaced})
