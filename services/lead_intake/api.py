@@ -13,6 +13,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, Stri
 
 from services.lead_intake import idempotency, store
 from services.lead_intake.access import ERASE_LEADS, READ_LEADS, SUBMIT_ACTIVITIES, SUBMIT_LEADS
+from services.lead_intake.batching import CaptureStopped, LeadCaptureBatcher
+from services.lead_intake.domain import Lead
 from services.lead_intake.erasure import erase_lead
 from services.lead_intake.forms import (
     DEFAULT_HONEYPOT_FIELD,
@@ -21,7 +23,14 @@ from services.lead_intake.forms import (
     origin_allowed,
     redirect_allowed,
 )
-from services.lead_intake.service import Activity, UnknownLead, capture_lead, new_lead_id, record_activity
+from services.lead_intake.service import (
+    Activity,
+    CaptureStatus,
+    UnknownLead,
+    capture_lead,
+    new_lead_id,
+    record_activity,
+)
 from services.lead_intake.submission import (
     FORM_CONTENT_TYPE,
     LeadSubmission,
@@ -29,12 +38,11 @@ from services.lead_intake.submission import (
     read_body,
     validate_submission,
 )
-from shared.app import UowDep
 from shared.auth import Principal, require, resolve_key
 from shared.envelope import utc_now
 from shared.problems import ProblemError
 from shared.ratelimit import RateLimiter
-from shared.uow import Transaction
+from shared.uow import Transaction, UnitOfWork
 
 router = APIRouter(prefix="/v1", tags=["leads"])
 log = logging.getLogger(__name__)
@@ -71,6 +79,16 @@ async def submitter(request: Request, key: Annotated[str | None, Query(include_i
 
 
 SubmitterDep = Annotated[Principal, Depends(submitter)]
+
+
+async def _unit_of_work(request: Request) -> UnitOfWork:
+    """The service's unit of work. Async on purpose: FastAPI runs a plain `def` dependency (as shared.app's UowDep
+    is) in the thread pool, a thread hand-off on every lead submission."""
+    uow: UnitOfWork = request.app.state.runtime.uow
+    return uow
+
+
+UowDep = Annotated[UnitOfWork, Depends(_unit_of_work)]
 
 
 @router.post(
@@ -193,7 +211,7 @@ async def _capture(
 ) -> Response:
     raw_key = request.headers.get(idempotency.HEADER)
     if raw_key is None:
-        lead_id, status = await capture_lead(uow, submission.to_lead(new_lead_id()))
+        lead_id, status = await _capture_with_others(request, submission.to_lead(new_lead_id()))
         return _answer(_accepted(lead_id, status), redirect_to)
     key = idempotency.parse_key(raw_key)
     same_request = idempotency.fingerprint("POST", request.url.path, request.headers.get("content-type", ""), body)
@@ -214,6 +232,17 @@ async def _capture(
         await _release_quietly(uow, principal.name, key)
         raise
     return _answer(_accepted(lead_id, status), redirect_to)
+
+
+async def _capture_with_others(request: Request, lead: Lead) -> tuple[str, CaptureStatus]:
+    """Share a transaction with the submissions arriving meanwhile; the 202 still waits for this lead's commit."""
+    batcher: LeadCaptureBatcher = request.app.state.lead_batcher
+    try:
+        return await batcher.capture(lead)
+    except CaptureStopped:
+        raise ProblemError(
+            503, "lead intake is stopping; nothing was stored, retry later", headers={"Retry-After": "5"}
+        ) from None
 
 
 async def _release_quietly(uow: UowDep, principal: str, key: str) -> None:

@@ -4,6 +4,7 @@ from fastapi import FastAPI
 
 from services.lead_intake import admin_api, api, idempotency, import_api, store
 from services.lead_intake.access import KeyStore
+from services.lead_intake.batching import LeadCaptureBatcher
 from services.lead_intake.cors import install_cors
 from services.lead_intake.forms import FormRegistry
 from services.lead_intake.settings import Settings
@@ -20,13 +21,19 @@ def _wire(app: FastAPI, runtime: ServiceRuntime) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the lead_intake app; connections open in its lifespan."""
     settings = settings or Settings()
+    # The batcher's worker runs beside the relay: started with the runtime, cancelled when it stops.
+    batcher = LeadCaptureBatcher()
     runtime = ServiceRuntime(
-        settings, metadata=store.metadata, migrations=store.MIGRATIONS, background=[idempotency.purge_expired]
+        settings,
+        metadata=store.metadata,
+        migrations=store.MIGRATIONS,
+        background=[idempotency.purge_expired, batcher.run],
     )
     app = build_app(
         runtime, title="Baton lead intake", routers=[api.router, admin_api.router, import_api.router], on_started=_wire
     )
     app.state.rate_limiter = RateLimiter()
+    app.state.lead_batcher = batcher
     app.state.honeypot_drops = 0
     install_cors(app)
     return app

@@ -63,6 +63,17 @@ class Lead:
     attributes: dict[str, str] = field(default_factory=dict)
 
 
+LEAD_FIELDS = tuple(item.name for item in fields(Lead))
+
+
+def lead_values(lead: Lead) -> dict[str, Any]:
+    """The lead's fields by name. Shallow, unlike dataclasses.asdict (which deep-copies every value, datetimes
+    included, at a cost per submission): the values are immutable but for `attributes`, which is copied."""
+    values = {name: getattr(lead, name) for name in LEAD_FIELDS}
+    values["attributes"] = dict(lead.attributes)
+    return values
+
+
 # Identity and first-touch facts: a resubmission never rewrites these.
 _KEPT_ON_MERGE = frozenset({"lead_id", "email", "captured_at"})
 

@@ -11,13 +11,14 @@ from typing import Any, Literal
 from sqlalchemy.exc import IntegrityError
 
 from services.lead_intake import store
-from services.lead_intake.domain import Lead, company_domain_of, merge_lead
+from services.lead_intake.domain import Lead, company_domain_of, lead_values, merge_lead
 from shared.envelope import utc_now
 from shared.events import ActivityRecordedV1, EventPayload, LeadCapturedV1, LeadMergedV1
 from shared.uow import Transaction, UnitOfWork
 
 CaptureStatus = Literal["captured", "merged", "unchanged"]
 BeforeCommit = Callable[[Transaction, str, CaptureStatus], Awaitable[None]]
+TraceHeaders = list[list[str]]  # a request's trace context as outbox headers (shared.tracing.trace_headers)
 
 
 class UnknownLead(LookupError):
@@ -64,6 +65,21 @@ async def capture_lead(
     raise AssertionError("unreachable")
 
 
+async def capture_submissions(
+    uow: UnitOfWork, leads: Sequence[Lead], *, traces: Sequence[TraceHeaders]
+) -> list[tuple[str, CaptureStatus]]:
+    """Capture many form submissions in one transaction, each as if submitted alone and in this order; the events
+    of each continue the trace of its request (`traces`, one per lead)."""
+    for attempt in range(2):
+        try:
+            async with uow.transaction() as tx:
+                return await _capture_batch(tx, leads, renewed_interest=True, traces=traces)
+        except IntegrityError:
+            if attempt:
+                raise  # a concurrent request stored one of these emails first; the retry merges into it
+    raise AssertionError("unreachable")
+
+
 async def capture_leads(uow: UnitOfWork, leads: Sequence[Lead]) -> list[tuple[str, CaptureStatus]]:
     """Capture a batch (an import) in one transaction; a re-imported row that changes nothing emits nothing."""
     async with uow.transaction() as tx:
@@ -71,7 +87,11 @@ async def capture_leads(uow: UnitOfWork, leads: Sequence[Lead]) -> list[tuple[st
 
 
 async def _capture_batch(
-    tx: Transaction, submitted: Sequence[Lead], *, renewed_interest: bool
+    tx: Transaction,
+    submitted: Sequence[Lead],
+    *,
+    renewed_interest: bool,
+    traces: Sequence[TraceHeaders] | None = None,
 ) -> list[tuple[str, CaptureStatus]]:
     """Dedupe a batch within itself and against stored leads, then write it with a few statements.
 
@@ -82,13 +102,38 @@ async def _capture_batch(
     stored = await store.find_leads_by_email(tx.session, emails=emails)
     held = await store.take_held_activities(tx.session, emails=[email for email in emails if email not in stored])
     batch = _Batch(stored=stored, held=held, at=utc_now())
-    results = [batch.add(lead, renewed_interest=renewed_interest) for lead in submitted]
+    results: list[tuple[str, CaptureStatus]] = []
+    caused_by: list[int] = []  # for each event, the position of the submission behind it
+    for position, lead in enumerate(submitted):
+        results.append(batch.add(lead, renewed_interest=renewed_interest))
+        caused_by.extend([position] * (len(batch.events) - len(caused_by)))
     await store.insert_leads(tx.session, new_leads=list(batch.new.values()))
     for lead, changed in batch.updated.values():
         await store.update_lead(tx.session, lead=lead, changed=sorted(changed), at=batch.at)
     await store.add_history(tx.session, entries=batch.history)
-    await tx.emit_all(batch.events)
+    if traces is None:
+        await tx.emit_all(batch.events)
+    else:
+        await _emit_in_their_traces(tx, batch.events, [traces[position] for position in caused_by])
     return results
+
+
+async def _emit_in_their_traces(
+    tx: Transaction, events: Sequence[EventPayload], traces: Sequence[TraceHeaders]
+) -> None:
+    """Emit each event in the trace of the request behind it. The transaction reads one trace per lead id, so a lead
+    id met again under another trace (one email submitted twice in the batch) starts another statement."""
+    start, by_lead = 0, dict[str, TraceHeaders]()
+    for index, (event, trace) in enumerate(zip(events, traces, strict=True)):
+        lead_id = str(getattr(event, "lead_id", ""))
+        if by_lead.get(lead_id, trace) != trace:
+            tx.traces_by_lead = by_lead
+            await tx.emit_all(events[start:index])
+            start, by_lead = index, {}
+        by_lead[lead_id] = trace
+    tx.traces_by_lead = by_lead
+    await tx.emit_all(events[start:])
+    tx.traces_by_lead = {}
 
 
 @dataclass
@@ -108,7 +153,7 @@ class _Batch:
         existing = self.new.get(lead.email) or self.stored.get(lead.email)
         if existing is None:
             self.new[lead.email] = lead
-            self.events.append(LeadCapturedV1(**asdict(lead)))
+            self.events.append(LeadCapturedV1(**lead_values(lead)))
             self.events.extend(_activity_event(lead.lead_id, held) for held in self.held.get(lead.email, ()))
             return lead.lead_id, "captured"
         merged, changes = merge_lead(existing, lead)
@@ -117,7 +162,10 @@ class _Batch:
         self._keep(merged, changes, source=lead.form_id or "api")
         self.events.append(
             LeadMergedV1(
-                **asdict(merged), changed_fields=tuple(changes), renewed_interest=renewed_interest, merged_at=self.at
+                **lead_values(merged),
+                changed_fields=tuple(changes),
+                renewed_interest=renewed_interest,
+                merged_at=self.at,
             )
         )
         return existing.lead_id, "merged"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
@@ -18,13 +17,17 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    any_,
+    bindparam,
     delete,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
-from services.lead_intake.domain import Lead
+from services.lead_intake.domain import LEAD_FIELDS, Lead, lead_values
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
@@ -148,18 +151,18 @@ MIGRATIONS = (
     Migration(4, "erased leads", create_tables(metadata, ERASED_LEADS)),
 )
 
-_LEAD_FIELDS = tuple(item.name for item in fields(Lead))
+_DIALECTS = ("postgresql", "sqlite")
 
 
 def _lead_of(row: Any) -> Lead:
-    values = {name: row[name] for name in _LEAD_FIELDS}
+    values = {name: row[name] for name in LEAD_FIELDS}
     values["interests"] = tuple(values["interests"] or ())
     values["attributes"] = dict(values["attributes"] or {})
     return Lead(**values)
 
 
 def _row_of(lead: Lead) -> dict[str, Any]:
-    values = asdict(lead)
+    values = lead_values(lead)
     values["interests"] = list(lead.interests)
     return values
 
@@ -170,9 +173,34 @@ async def find_lead_by_email(session: AsyncSession, *, email: str) -> Lead | Non
     return _lead_of(row) if row else None
 
 
+def _email_among(column: ColumnElement[str], dialect: str) -> ColumnElement[bool]:
+    """`column IN :emails`. On PostgreSQL `= ANY(:emails)`: one prepared statement whatever the number of emails,
+    where an IN list makes a new statement (a server-side prepare) for every batch size."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("emails", type_=ARRAY(String)))
+    return column.in_(bindparam("emails", expanding=True))
+
+
+# Built once per dialect: a statement reused across requests also keeps its SQL cache key.
+_LEADS_BY_EMAIL = {dialect: select(leads).where(_email_among(leads.c.email, dialect)) for dialect in _DIALECTS}
+_HELD_FOR_EMAILS = {
+    dialect: select(held_activities)
+    .where(_email_among(held_activities.c.email, dialect))
+    .order_by(held_activities.c.occurred_at)
+    for dialect in _DIALECTS
+}
+_RELEASE_HELD = {
+    dialect: delete(held_activities).where(_email_among(held_activities.c.email, dialect)) for dialect in _DIALECTS
+}
+
+
+def _dialect(session: AsyncSession) -> str:
+    return "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"
+
+
 async def find_leads_by_email(session: AsyncSession, *, emails: list[str]) -> dict[str, Lead]:
     """The known leads among `emails`, by email."""
-    rows = (await session.execute(select(leads).where(leads.c.email.in_(emails)))).mappings()
+    rows = (await session.execute(_LEADS_BY_EMAIL[_dialect(session)], {"emails": emails})).mappings()
     return {row["email"]: _lead_of(row) for row in rows}
 
 
@@ -220,12 +248,12 @@ async def take_held_activities(session: AsyncSession, *, emails: list[str]) -> d
     """Remove and return the activities held for these emails, oldest first, by email."""
     if not emails:
         return {}
-    query = select(held_activities).where(held_activities.c.email.in_(emails)).order_by(held_activities.c.occurred_at)
+    dialect = _dialect(session)
     held: dict[str, list[dict[str, Any]]] = {}
-    for row in (await session.execute(query)).mappings():
+    for row in (await session.execute(_HELD_FOR_EMAILS[dialect], {"emails": emails})).mappings():
         held.setdefault(row["email"], []).append(dict(row))
     if held:
-        await session.execute(delete(held_activities).where(held_activities.c.email.in_(list(held))))
+        await session.execute(_RELEASE_HELD[dialect], {"emails": list(held)})
     return held
 
 
