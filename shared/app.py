@@ -35,7 +35,8 @@ def build_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title=title, version="1", lifespan=lifespan)
+    # FastAPI's own telemetry would open three more spans per request beside shared/tracing's server span.
+    app = FastAPI(title=title, version="1", lifespan=lifespan, telemetry={"tracing": False, "metrics": False})
     app.state.runtime = runtime
     admin_key = runtime.settings.admin_key
     app.state.admin_key = admin_key.get_secret_value() if admin_key else None
@@ -68,7 +69,8 @@ def _health_router() -> APIRouter:
     return router
 
 
-def _uow(request: Request) -> UnitOfWork:
+async def _uow(request: Request) -> UnitOfWork:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, on every request.
     runtime: ServiceRuntime = request.app.state.runtime
     return runtime.uow
 

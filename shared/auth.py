@@ -63,10 +63,10 @@ def _unauthorized(detail: str) -> ProblemError:
     return ProblemError(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require(scope: str) -> Callable[[Principal], Principal]:
+def require(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets through only callers holding `scope` (403 problem+json otherwise)."""
 
-    def _check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def _check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not principal.allows(scope):
             raise ProblemError(403, f"this key lacks the {scope!r} scope")
         return principal

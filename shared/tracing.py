@@ -12,6 +12,7 @@ it brings protobuf and requests along for something most runs do not use).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -68,7 +69,10 @@ def _add_otlp_exporter(provider: TracerProvider) -> None:
     provider.add_span_processor(BatchSpanProcessor(exporter_module.OTLPSpanExporter()))
 
 
+@functools.cache
 def _tracer() -> trace.Tracer:
+    # Once per process: configure_tracing installs the provider before the first span, and get_tracer returns a
+    # proxy that follows a provider installed later anyway.
     return trace.get_tracer("baton")
 
 
