@@ -1,6 +1,8 @@
 """Consumed events of feedback: every step of every lead's journey, its card and the report cells."""
 
+import functools
 import uuid
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 
@@ -8,7 +10,6 @@ from services.feedback import cards, store
 from services.feedback.domain import (
     JourneyStep,
     activity_step,
-    captured_step,
     merged_step,
     outcome_step,
     routed_step,
@@ -17,15 +18,16 @@ from services.feedback.domain import (
 from services.feedback.lifecycle import ImpossibleTransition
 from services.feedback.schemas import OutcomeIn
 from services.feedback.service import (
+    CardUpdate,
     accept_outcome,
     anonymised,
-    apply_pending_outcomes,
-    apply_published_outcome,
+    apply_published_outcomes,
+    capture_leads,
     erase_lead,
-    record_step,
-    update_card,
+    record_steps,
+    update_cards,
 )
-from shared.consumer import Handler
+from shared.consumer import Batched, Handler
 from shared.envelope import CloudEvent, InvalidEvent
 from shared.events import (
     ActivityRecordedV1,
@@ -45,43 +47,40 @@ SALES_OUTCOME_TYPE = "dev.baton.sales.outcome.v1"
 RAW_TOPICS = {SALES_OUTCOMES: SALES_OUTCOME_TYPE}
 
 
-async def on_lead_captured(tx: Transaction, event: CloudEvent) -> None:
-    """Journey starts; the card gets the lead's origin and segment; outcomes that came first are applied."""
-    captured = await anonymised(tx, parse_payload(event, LeadCapturedV1))
-    await record_step(tx, event_id=event.id, step=captured_step(captured))
-    await update_card(tx, captured.lead_id, lambda card: cards.on_captured(card, captured))
-    await apply_pending_outcomes(tx, captured.lead_id)
+async def on_leads_captured(tx: Transaction, events: Sequence[CloudEvent]) -> None:
+    """Journeys start; the cards get the leads' origin and segment; outcomes that came first are applied."""
+    await capture_leads(tx, [(event.id, parse_payload(event, LeadCapturedV1)) for event in events])
 
 
-async def on_lead_merged(tx: Transaction, event: CloudEvent) -> None:
-    """A resubmission: the last touch."""
-    merged = await anonymised(tx, parse_payload(event, LeadMergedV1))
-    await record_step(tx, event_id=event.id, step=merged_step(merged))
-    await update_card(tx, merged.lead_id, lambda card: cards.on_merged(card, merged))
+async def on_leads_merged(tx: Transaction, events: Sequence[CloudEvent]) -> None:
+    """Resubmissions: the last touch."""
+    merged = await anonymised(tx, [parse_payload(event, LeadMergedV1) for event in events])
+    await update_cards(tx, [CardUpdate(event.id, merged_step(lead), functools.partial(cards.on_merged, merged=lead))
+                            for event, lead in zip(events, merged, strict=True)])  # fmt: skip
 
 
-async def on_activity(tx: Transaction, event: CloudEvent) -> None:
-    """An activity of the lead."""
-    await record_step(tx, event_id=event.id, step=activity_step(parse_payload(event, ActivityRecordedV1)))
+async def on_activities(tx: Transaction, events: Sequence[CloudEvent]) -> None:
+    """Activities of leads."""
+    await record_steps(tx, [(event.id, activity_step(parse_payload(event, ActivityRecordedV1))) for event in events])
 
 
-async def on_lead_scored(tx: Transaction, event: CloudEvent) -> None:
-    """Scoring's verdict: score, grade, MQL."""
-    scored = parse_payload(event, LeadScoredV1)
-    await record_step(tx, event_id=event.id, step=scored_step(scored))
-    await update_card(tx, scored.lead_id, lambda card: cards.on_scored(card, scored))
+async def on_leads_scored(tx: Transaction, events: Sequence[CloudEvent]) -> None:
+    """Scoring's verdicts: score, grade, MQL."""
+    scored = [(event.id, parse_payload(event, LeadScoredV1)) for event in events]
+    await update_cards(tx, [CardUpdate(event_id, scored_step(lead), functools.partial(cards.on_scored, scored=lead))
+                            for event_id, lead in scored])  # fmt: skip
 
 
-async def on_lead_routed(tx: Transaction, event: CloudEvent) -> None:
-    """Routing's decision: owner, speed to lead, SLA misses."""
-    routed = parse_payload(event, LeadRoutedV1)
-    await record_step(tx, event_id=event.id, step=routed_step(routed))
-    await update_card(tx, routed.lead_id, lambda card: cards.on_routed(card, routed))
+async def on_leads_routed(tx: Transaction, events: Sequence[CloudEvent]) -> None:
+    """Routing's decisions: owner, speed to lead, SLA misses."""
+    routed = [(event.id, parse_payload(event, LeadRoutedV1)) for event in events]
+    await update_cards(tx, [CardUpdate(event_id, routed_step(lead), functools.partial(cards.on_routed, routed=lead))
+                            for event_id, lead in routed])  # fmt: skip
 
 
-async def on_outcome(tx: Transaction, event: CloudEvent) -> None:
-    """An outcome another tool published on leads.outcomes (our own come back already applied)."""
-    await apply_published_outcome(tx, event.id, parse_payload(event, OutcomeRecordedV1))
+async def on_outcomes(tx: Transaction, events: Sequence[CloudEvent]) -> None:
+    """Outcomes other tools published on leads.outcomes (our own come back already applied)."""
+    await apply_published_outcomes(tx, [(event.id, parse_payload(event, OutcomeRecordedV1)) for event in events])
 
 
 async def on_sales_outcome(tx: Transaction, event: CloudEvent) -> None:
@@ -99,7 +98,7 @@ async def on_sales_outcome(tx: Transaction, event: CloudEvent) -> None:
     except ImpossibleTransition as exc:
         step = outcome_step(outcome)
         rejected = JourneyStep(step.lead_id, "outcome_rejected", step.occurred_at, step.actor, str(exc), step.details)
-        await record_step(tx, event_id=event.id, step=rejected)
+        await record_steps(tx, [(event.id, rejected)])
 
 
 async def on_lead_erased(tx: Transaction, event: CloudEvent) -> None:
@@ -109,11 +108,12 @@ async def on_lead_erased(tx: Transaction, event: CloudEvent) -> None:
 
 HANDLERS: dict[str, Handler] = {
     LeadErasedV1.EVENT_TYPE: on_lead_erased,
-    LeadCapturedV1.EVENT_TYPE: on_lead_captured,
-    LeadMergedV1.EVENT_TYPE: on_lead_merged,
-    ActivityRecordedV1.EVENT_TYPE: on_activity,
-    LeadScoredV1.EVENT_TYPE: on_lead_scored,
-    LeadRoutedV1.EVENT_TYPE: on_lead_routed,
-    OutcomeRecordedV1.EVENT_TYPE: on_outcome,
+    # Batched: a run of these applies with a few statements for the whole run (see runs.CardRun).
+    LeadCapturedV1.EVENT_TYPE: Batched(on_leads_captured),
+    LeadMergedV1.EVENT_TYPE: Batched(on_leads_merged),
+    ActivityRecordedV1.EVENT_TYPE: Batched(on_activities),
+    LeadScoredV1.EVENT_TYPE: Batched(on_leads_scored),
+    LeadRoutedV1.EVENT_TYPE: Batched(on_leads_routed),
+    OutcomeRecordedV1.EVENT_TYPE: Batched(on_outcomes),
     SALES_OUTCOME_TYPE: on_sales_outcome,
 }

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 
 from services.feedback import cards, store
-from services.feedback.aggregates import LeadCard
-from services.feedback.domain import JourneyStep, outcome_step
+from services.feedback.domain import JourneyStep, captured_step, outcome_step
 from services.feedback.lifecycle import ImpossibleTransition
+from services.feedback.runs import CardChange, CardRun
 from shared.envelope import utc_now
 from shared.events import LeadCapturedV1, LeadErasedV1, OutcomeRecordedV1
-from shared.privacy import ERASED, forget_sent_events, is_erased, mark_erased
+from shared.privacy import ERASED, forget_sent_events, mark_erased
 from shared.problems import ProblemError
 from shared.topics import LEADS_OUTCOMES
 from shared.uow import Transaction, UnitOfWork
@@ -21,23 +23,72 @@ from shared.uow import Transaction, UnitOfWork
 OutcomeStatus = Literal["recorded", "duplicate", "pending"]
 
 
-async def record_step(tx: Transaction, *, event_id: str, step: JourneyStep) -> None:
-    """Add a step to a lead's journey."""
-    await store.add_step(tx.session, event_id=event_id, step=step)
+async def record_steps(tx: Transaction, steps: Sequence[tuple[str, JourneyStep]]) -> None:
+    """Add (event id, step) pairs to their leads' journeys."""
+    await store.add_steps(tx.session, steps=steps)
 
 
-async def update_card(tx: Transaction, lead_id: str, change: Callable[[LeadCard | None], LeadCard]) -> LeadCard:
-    """Apply `change` to the lead's card (locked) and move the report cells with it."""
-    before = await store.load_card(tx.session, lead_id=lead_id, for_update=True)
-    after = change(before)
-    await store.save_card(tx.session, before, after)
-    return after
+@dataclass(frozen=True)
+class CardUpdate:
+    """What one consumed event does: a step on its lead's journey and a change to the lead's card."""
+
+    event_id: str
+    step: JourneyStep
+    change: CardChange
 
 
-async def apply_pending_outcomes(tx: Transaction, lead_id: str) -> None:
-    """Outcomes that arrived before the lead, applied now that it is known (in the order they came)."""
-    for held in await store.take_pending_outcomes(tx.session, lead_id=lead_id):
-        await _apply_known(tx, OutcomeRecordedV1.model_validate(held), event_id=f"pending:{held['outcome_id']}")
+async def update_cards(tx: Transaction, updates: Sequence[CardUpdate]) -> None:
+    """Apply a run of events to their leads' cards (locked), in order, and move the report cells with them."""
+    run = await open_run(tx, [update.step.lead_id for update in updates])
+    for update in updates:
+        run.record(update.event_id, update.step)
+        run.change(update.step.lead_id, update.change)
+    await close_run(tx, run)
+
+
+async def capture_leads(tx: Transaction, captured: Sequence[tuple[str, LeadCapturedV1]]) -> None:
+    """Journeys start: each card gets its lead's origin and segment, then the outcomes that came first."""
+    leads = await anonymised(tx, [lead for _, lead in captured])
+    run = await open_run(tx, [lead.lead_id for lead in leads], with_pending=True)
+    for (event_id, _), lead in zip(captured, leads, strict=True):
+        run.record(event_id, captured_step(lead))
+        run.change(lead.lead_id, functools.partial(cards.on_captured, captured=lead))
+        run.apply_pending(lead.lead_id)
+    await close_run(tx, run)
+
+
+async def apply_published_outcomes(tx: Transaction, published: Sequence[tuple[str, OutcomeRecordedV1]]) -> None:
+    """Outcomes other tools put on `leads.outcomes` directly: each applied if the lifecycle allows it, otherwise
+    kept on the journey as rejected; held if its lead is not known yet."""
+    run = await open_run(tx, [outcome.lead_id for _, outcome in published])
+    for event_id, outcome in published:
+        if run.card(outcome.lead_id) is None:
+            run.hold(outcome)
+        else:
+            run.apply_outcome(event_id, outcome)
+    await close_run(tx, run)
+
+
+async def open_run(tx: Transaction, lead_ids: Sequence[str], *, with_pending: bool = False) -> CardRun:
+    """The cards of a run's leads, locked (and, `with_pending`, the outcomes waiting for them, taken)."""
+    distinct = list(dict.fromkeys(lead_ids))
+    loaded = await store.load_cards(tx.session, lead_ids=distinct)
+    if not with_pending:
+        return CardRun(loaded)
+    waiting = await store.take_pending_outcomes(tx.session, lead_ids=distinct)
+    pending = {
+        lead_id: [OutcomeRecordedV1.model_validate(held) for held in events] for lead_id, events in waiting.items()
+    }
+    return CardRun(loaded, pending)
+
+
+async def close_run(tx: Transaction, run: CardRun) -> None:
+    """Write back what a run did: its journey steps, cards, report cells and held outcomes, a statement each."""
+    await store.add_steps(tx.session, steps=run.steps)
+    await store.save_cards(tx.session, new=run.new_cards(), changed=run.changed_cards())
+    await store.add_changes_to_cells(tx.session, run.cell_changes())
+    held = [outcome.model_dump(mode="json") for outcome in run.held]
+    await store.hold_outcomes(tx.session, events=held, at=utc_now())
 
 
 async def record_outcome(uow: UnitOfWork, outcome: OutcomeRecordedV1) -> tuple[str, OutcomeStatus]:
@@ -90,29 +141,6 @@ async def accept_outcome(tx: Transaction, outcome: OutcomeRecordedV1) -> Outcome
     return "recorded"
 
 
-async def apply_published_outcome(tx: Transaction, event_id: str, outcome: OutcomeRecordedV1) -> None:
-    """An outcome another tool put on `leads.outcomes` directly: applied if the lifecycle allows it, otherwise
-    kept on the journey as rejected; held if its lead is not known yet."""
-    if await store.load_card(tx.session, lead_id=outcome.lead_id) is None:
-        await store.hold_outcome(tx.session, outcome_id=outcome.outcome_id, lead_id=outcome.lead_id,
-                                 event=outcome.model_dump(mode="json"), at=utc_now())  # fmt: skip
-        return
-    await _apply_known(tx, outcome, event_id=event_id)
-
-
-async def _apply_known(tx: Transaction, outcome: OutcomeRecordedV1, *, event_id: str) -> None:
-    card = await store.load_card(tx.session, lead_id=outcome.lead_id, for_update=True)
-    assert card is not None
-    try:
-        await store.save_card(tx.session, card, cards.on_outcome(card, outcome))
-    except ImpossibleTransition as exc:
-        step = outcome_step(outcome)
-        rejected = JourneyStep(step.lead_id, "outcome_rejected", step.occurred_at, step.actor, str(exc), step.details)
-        await store.add_step(tx.session, event_id=event_id, step=rejected)
-        return
-    await store.add_step(tx.session, event_id=event_id, step=outcome_step(outcome))
-
-
 async def erase_lead(tx: Transaction, erased: LeadErasedV1) -> None:
     """Forget who the lead is: the card loses its email, the journey its personal values; aggregates stay."""
     if not await mark_erased(tx.session, store.metadata, lead_id=erased.lead_id):
@@ -127,9 +155,12 @@ async def erase_lead(tx: Transaction, erased: LeadErasedV1) -> None:
 Captured = TypeVar("Captured", bound=LeadCapturedV1)
 
 
-async def anonymised(tx: Transaction, captured: Captured) -> Captured:
-    """The captured lead as it may be stored: without personal data if the lead was erased before it arrived."""
-    if not await is_erased(tx.session, store.metadata, lead_id=captured.lead_id):
-        return captured
+async def anonymised(tx: Transaction, captured: Sequence[Captured]) -> list[Captured]:
+    """The captured leads as they may be stored: without personal data for those erased before they arrived."""
+    erased = await store.erased_among(tx.session, lead_ids=list(dict.fromkeys(lead.lead_id for lead in captured)))
+    return [_without_personal_data(lead) if lead.lead_id in erased else lead for lead in captured]
+
+
+def _without_personal_data(captured: Captured) -> Captured:
     return captured.model_copy(update={"email": ERASED, "first_name": None, "last_name": None, "phone": None,
                                        "job_title": None, "city": None, "attributes": {}})  # fmt: skip

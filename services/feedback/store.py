@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, fields
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    bindparam,
     delete,
     select,
     text,
@@ -39,6 +40,7 @@ metadata = MetaData()
 add_messaging_tables(metadata)
 
 _CARD_FIELDS = tuple(item.name for item in fields(LeadCard))
+_STEP_FIELDS = tuple(item.name for item in fields(JourneyStep))
 _TIME_FIELDS = tuple(name for name in _CARD_FIELDS if name.endswith("_at") and name != "captured_at")
 _TEXT_FIELDS = ("email", "source", "medium", "campaign", "last_campaign", "form", "country", "region", "company_size",
                 "industry", "seniority", "competitor", "grade", "verdict", "rep_id", "team", "currency", "lost_reason",
@@ -182,7 +184,8 @@ MIGRATIONS = (
 
 def card_values(card: LeadCard) -> dict[str, Any]:
     """A card as column values."""
-    values = asdict(card)
+    # Shallow (dataclasses.asdict deep-copies, a tenth of a millisecond a card): every field is immutable.
+    values = {name: getattr(card, name) for name in _CARD_FIELDS}
     values["interests"] = list(card.interests)
     values["sla_missed_by"] = list(card.sla_missed_by)
     values["day"] = card.day
@@ -204,6 +207,35 @@ async def load_card(session: AsyncSession, *, lead_id: str, for_update: bool = F
     return card_from_row(dict(row)) if row else None
 
 
+async def load_cards(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, LeadCard]:
+    """The cards of these leads (those that have one), locked for this transaction, in lead id order so that two
+    transactions locking overlapping leads queue instead of deadlocking."""
+    if not lead_ids:
+        return {}
+    query = select(lead_cards).where(lead_cards.c.lead_id.in_(lead_ids)).order_by(lead_cards.c.lead_id)
+    rows = (await session.execute(query.with_for_update())).mappings()
+    return {row["lead_id"]: card_from_row(dict(row)) for row in rows}
+
+
+async def save_cards(session: AsyncSession, *, new: Sequence[LeadCard], changed: Sequence[LeadCard]) -> None:
+    """Store many cards: one insert for the new ones, one executemany update for the changed ones (the report
+    cells are the caller's: see add_changes_to_cells)."""
+    if new:
+        await session.execute(lead_cards.insert(), [card_values(card) for card in new])
+    if changed:
+        await session.execute(_card_update(), [{**card_values(card), "card_id": card.lead_id} for card in changed])
+
+
+@functools.cache
+def _card_update() -> Any:
+    columns = [column for column in lead_cards.c if column.name != "lead_id"]
+    return (
+        update(lead_cards)
+        .where(lead_cards.c.lead_id == bindparam("card_id"))
+        .values({column.name: bindparam(column.name, type_=column.type) for column in columns})
+    )
+
+
 async def save_card(session: AsyncSession, before: LeadCard | None, after: LeadCard) -> None:
     """Store the card and move the report cells by the difference it makes."""
     if before is None:
@@ -216,23 +248,51 @@ async def save_card(session: AsyncSession, before: LeadCard | None, after: LeadC
 
 
 async def add_to_cells(session: AsyncSession, deltas: Sequence[Delta]) -> None:
-    """Add each delta to its daily cell and to the month's rollup (created at zero if new). One statement shape
-    for every call, executed for many rows, so it is compiled once per process."""
-    if not deltas:
-        return
-    daily = [{"day": d.day, "dimension": d.dimension, "value": d.value[:320], **_full(d.amounts)} for d in deltas]
+    """Add each delta to its daily cell and to the month's rollup (created at zero if new)."""
+    await add_changes_to_cells(session, [deltas])
+
+
+async def add_changes_to_cells(session: AsyncSession, changes: Sequence[Sequence[Delta]]) -> None:
+    """Add many changes to the cells, each the deltas of one event: every distinct daily and monthly cell touched is
+    upserted once (created at zero if new), by exactly what adding the changes one after the other would have added
+    to it. One statement shape for every call, executed for many rows, so it is compiled once per process."""
+    stored = _sqlite_stored if session.bind.dialect.name == "sqlite" else _postgres_stored
+    daily: dict[tuple[str, str, str], dict[str, Any]] = {}
     monthly: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for row in daily:
-        key = (row["day"][:7], row["dimension"], row["value"])
-        month = monthly.setdefault(key, {"month": key[0], "dimension": key[1], "value": key[2], **_full({})})
-        for name in METRICS:
-            month[name] += row[name]
-    rows = [daily, list(monthly.values())]
-    if session.bind.dialect.name == "sqlite":  # sqlite3 binds no Decimal; its NUMERIC is a float anyway
-        rows = [[{name: float(v) if isinstance(v, Decimal) else v for name, v in row.items()} for row in part]
-                for part in rows]  # fmt: skip
-    await session.execute(_upsert(report_cells, "day"), rows[0])
-    await session.execute(_upsert(report_cells_monthly, "month"), rows[1])
+    for deltas in changes:
+        months: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for delta in deltas:
+            value = delta.value[:320]
+            _add(daily.setdefault((delta.day, delta.dimension, value), {}), delta.amounts, stored)
+            _add(months.setdefault((delta.day[:7], delta.dimension, value), {}), delta.amounts, lambda amount: amount)
+        for key, amounts in months.items():  # one change's rollup is summed before it is stored, as a statement's
+            _add(monthly.setdefault(key, {}), amounts, stored)
+    if daily:
+        rows = [{"day": day, "dimension": dimension, "value": value, **_full(amounts)}
+                for (day, dimension, value), amounts in daily.items()]  # fmt: skip
+        await session.execute(_upsert(report_cells, "day"), rows)
+        rows = [{"month": month, "dimension": dimension, "value": value, **_full(amounts)}
+                for (month, dimension, value), amounts in monthly.items()]  # fmt: skip
+        await session.execute(_upsert(report_cells_monthly, "month"), rows)
+
+
+def _add(total: dict[str, Any], amounts: Mapping[str, Any], stored: Callable[[Any], Any]) -> None:
+    for name, amount in amounts.items():
+        total[name] = total.get(name, 0) + stored(amount)
+
+
+_FOUR_PLACES = Decimal("0.0001")
+
+
+def _postgres_stored(amount: Any) -> Any:
+    # What a NUMERIC(20, 4) keeps of a bound amount (asyncpg binds a float exactly; PostgreSQL rounds half away
+    # from zero): summing these is exact, so a run adds what its changes added one statement at a time would.
+    return amount if isinstance(amount, int) else Decimal(amount).quantize(_FOUR_PLACES, ROUND_HALF_UP)
+
+
+def _sqlite_stored(amount: Any) -> Any:
+    # sqlite3 binds no Decimal; its NUMERIC is a float anyway.
+    return float(amount) if isinstance(amount, Decimal) else amount
 
 
 @functools.cache
@@ -262,20 +322,55 @@ async def hold_outcome(
     )
 
 
-async def take_pending_outcomes(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:
-    """The outcomes waiting for this lead, oldest first, removed."""
-    query = (
-        select(pending_outcomes).where(pending_outcomes.c.lead_id == lead_id).order_by(pending_outcomes.c.received_at)
-    )
-    rows = [dict(row) for row in (await session.execute(query)).mappings()]
-    if rows:
-        await session.execute(delete(pending_outcomes).where(pending_outcomes.c.lead_id == lead_id))
-    return [row["event"] for row in rows]
+async def hold_outcomes(session: AsyncSession, *, events: Sequence[Mapping[str, Any]], at: datetime) -> None:
+    """Keep many outcomes whose leads are not known yet, with one statement; each is received a microsecond after
+    the one before it, so they are taken back in the order they came."""
+    if events:
+        rows = [
+            {"outcome_id": event["outcome_id"], "lead_id": event["lead_id"], "event": dict(event),
+             "received_at": at + timedelta(microseconds=number)}
+            for number, event in enumerate(events)
+        ]  # fmt: skip
+        await session.execute(pending_outcomes.insert(), rows)
+
+
+async def take_pending_outcomes(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The outcomes waiting for these leads, per lead, oldest first, removed."""
+    if not lead_ids:
+        return {}
+    waiting = pending_outcomes.c.lead_id.in_(lead_ids)
+    query = select(pending_outcomes.c.lead_id, pending_outcomes.c.event).where(waiting)
+    rows = (await session.execute(query.order_by(pending_outcomes.c.received_at))).all()
+    taken: dict[str, list[dict[str, Any]]] = {}
+    for lead_id, event in rows:
+        taken.setdefault(lead_id, []).append(event)
+    if taken:
+        await session.execute(delete(pending_outcomes).where(waiting))
+    return taken
 
 
 async def add_step(session: AsyncSession, *, event_id: str, step: JourneyStep) -> None:
     """Append a step to the lead's journey."""
     await session.execute(timeline.insert().values(event_id=event_id, **asdict(step)))
+
+
+async def add_steps(session: AsyncSession, *, steps: Sequence[tuple[str, JourneyStep]]) -> None:
+    """Append many (event id, step) pairs to their leads' journeys, in order, with one statement."""
+    if steps:
+        rows = [{"event_id": event_id, **_step_values(step)} for event_id, step in steps]
+        await session.execute(timeline.insert(), rows)
+
+
+def _step_values(step: JourneyStep) -> dict[str, Any]:
+    return {name: getattr(step, name) for name in _STEP_FIELDS}
+
+
+async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set[str]:
+    """Which of these leads were erased."""
+    if not lead_ids:
+        return set()
+    erased = metadata.tables[ERASED_LEADS]
+    return set((await session.scalars(select(erased.c.lead_id).where(erased.c.lead_id.in_(lead_ids)))).all())
 
 
 async def load_journey(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:
