@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import MetaData, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.envelope import CloudEvent, utc_now
@@ -64,23 +65,24 @@ class Transaction:
         wanted = list(dict.fromkeys(event_id for event_id, _ in events))
         if not wanted:
             return set()
-        query = select(self._inbox.c.event_id).where(self._inbox.c.event_id.in_(wanted))
-        seen = set((await self.session.scalars(query)).all())
-        topics = dict(events)
-        fresh = [event_id for event_id in wanted if event_id not in seen]
-        if fresh:
-            now = utc_now()
-            rows = [{"event_id": event_id, "topic": topics[event_id], "processed_at": now} for event_id in fresh]
-            await self.session.execute(self._inbox.insert(), rows)
-        return set(fresh)
+        topics, now = dict(events), utc_now()
+        rows = [{"event_id": event_id, "topic": topics[event_id], "processed_at": now} for event_id in wanted]
+        # One statement: the ids inserted are the fresh ones; a conflict is an id applied before (or by a
+        # concurrent replica, whose commit this waits for).
+        inserted = await self.session.execute(self._insert_new_inbox_rows(), rows)
+        return set(inserted.scalars().all())
+
+    def _insert_new_inbox_rows(self) -> Any:
+        insert = postgresql.insert if self.session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        return (
+            insert(self._inbox)
+            .on_conflict_do_nothing(index_elements=[self._inbox.c.event_id])
+            .returning(self._inbox.c.event_id)
+        )
 
     async def mark_processed(self, event_id: str, *, topic: str) -> bool:
         """Record a consumed event; False if it was already applied (a redelivery that must change nothing)."""
-        seen = await self.session.scalar(select(self._inbox.c.event_id).where(self._inbox.c.event_id == event_id))
-        if seen is not None:
-            return False
-        await self.session.execute(self._inbox.insert().values(event_id=event_id, topic=topic, processed_at=utc_now()))
-        return True
+        return bool(await self.mark_all_processed([(event_id, topic)]))
 
 
 class UnitOfWork:
