@@ -31,13 +31,19 @@ def free_port() -> int:
     candidates = list(range(max(1024, low - 12_000), low))
     random.shuffle(candidates)
     for port in candidates:
+        if port in _HANDED_OUT:  # free, but promised to a service that may not have bound it yet
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port below the ephemeral range")
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def _ephemeral_range() -> tuple[int, int]:
