@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+
+# Reuse an idle connection only this soon after its last answer (uvicorn closes them after 5 s).
+KEEP_ALIVE_SECONDS = 3.0
 
 
 class HttpError(Exception):
@@ -22,7 +26,9 @@ class RawHttpClient:
         self._host = host
         self._port = port
         self._timeout = timeout_seconds
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        # Idle connections with when each was last answered: the server closes one idle past its keep-alive
+        # timeout (uvicorn: 5 s), and a request written to it would find it closed.
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self._slots = asyncio.Semaphore(max_connections)
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -32,7 +38,7 @@ class RawHttpClient:
             f"POST {path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
         ).encode("latin-1") + body
         async with self._slots:
-            connection = self._idle.pop() if self._idle else None
+            connection = self._reusable()
             try:
                 async with asyncio.timeout(self._timeout):
                     if connection is None:
@@ -43,15 +49,24 @@ class RawHttpClient:
                     connection[1].close()
                 raise HttpError(repr(exc)) from exc
             if keep:
-                self._idle.append(connection)
+                self._idle.append((*connection, time.monotonic()))
             else:
                 connection[1].close()
             return status, answer
 
+    def _reusable(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The most recently used idle connection still well within the server's keep-alive timeout."""
+        while self._idle:
+            reader, writer, answered_at = self._idle.pop()
+            if time.monotonic() - answered_at < KEEP_ALIVE_SECONDS and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return None
+
     async def close(self) -> None:
         """Close every idle connection."""
         while self._idle:
-            _, writer = self._idle.pop()
+            _, writer, _ = self._idle.pop()
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
