@@ -166,12 +166,13 @@ async def baton(kafka: KafkaBroker, postgres: PostgresServer, monitor: Monitor, 
         load = OpenLoop(client, "/v1/leads", stack.headers, connections=CONNECTIONS)
         pipeline = Pipeline(load, monitor.ledger, monitor, f"r{int(time.time())}", GRACE_SECONDS, DRAIN_SECONDS)
         rates, max_sustained, steps = await pipeline_phases(pipeline)
+        # Before intake's own measurement: the leads that one posts stay queued behind the paused consumers.
+        scale_out = await scale_out_drains(pipeline, stack, monitor)
         pause(stack, CONSUMERS, signal.SIGSTOP)
         try:
             intake_http = await http_max_rps(load, HTTP_SECONDS, monitor, "intake")
         finally:
             pause(stack, CONSUMERS, signal.SIGCONT)
-        scale_out = await scale_out_drains(pipeline, stack, monitor)
     finally:
         await client.close()
         await watcher.stop()
@@ -206,6 +207,10 @@ async def scale_out_drains(pipeline: Pipeline, stack: Stack, monitor: Monitor) -
     finally:
         for replica in replicas:
             await asyncio.to_thread(replica.stop)
+    await pipeline.settle(GRACE_SECONDS)
+    for drain in (one, two):  # counted again once everything drained
+        drain["lost"] = pipeline.ledger.backlog(drain["name"])
+        drain["duplicates"] = pipeline.ledger.duplicates(drain["name"])
     gain = two["leads_per_second"] / one["leads_per_second"] if one["leads_per_second"] else 0.0
     return {"one_replica": one, "two_replicas": two, "gain": round(gain, 2), "partitions": PARTITIONS}
 
