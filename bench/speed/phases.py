@@ -17,9 +17,11 @@ import orjson
 from speed.load import Ledger, OpenLoop, PostStats, lead_fields, percentiles
 from speed.monitor import Monitor
 
-# Sustained = errors under 1 %, the end-to-end backlog at the end under this many seconds of arrivals, not growing.
+# Sustained = errors under 1 %; the end-to-end backlog and every consumer group's lag small at the end, not growing.
 MAX_ERROR_SHARE = 0.01
 BACKLOG_SECONDS = 2.0
+# Records a consumer group reads per lead at most (feedback: captured, scored, routed).
+RECORDS_PER_LEAD = 3
 # A step is given up early once it cannot come back (keeps an overloaded client from measuring itself).
 ABANDON_BACKLOG_SECONDS = 6.0
 CLIMB = (100, 200, 300, 500, 700, 1000, 1400, 2000, 2800, 4000)
@@ -108,7 +110,10 @@ class Pipeline:
                 pending, last_progress = self.ledger.pending(), time.monotonic()
 
     def _summary(self, name: str, stats: PostStats, backlog_at_end: int, drained: float) -> dict[str, Any]:
-        backlogs = [sample["backlog"] for sample in self.monitor.samples if sample["phase"] == name]
+        samples = [sample for sample in self.monitor.samples if sample["phase"] == name]
+        backlogs = [sample["backlog"] for sample in samples]
+        groups = sorted({group for sample in samples for group in sample["lag"]})
+        lags = {group: [sample["lag"].get(group, 0) for sample in samples] for group in groups}
         return {
             "name": name, "rate": stats.rate, "seconds": round(stats.seconds, 1), "sent": stats.sent,
             "accepted": stats.accepted, "non_202": {str(code): count for code, count in stats.statuses.items()},
@@ -117,7 +122,8 @@ class Pipeline:
             "duplicates": self.ledger.duplicates(name),
             "speed_to_lead_ms": percentiles(self.ledger.speeds_ms(name)),
             "response_ms": percentiles(stats.response_ms),
-            "backlog_at_end": backlog_at_end, "backlog_samples": backlogs, "drain_seconds": drained,
+            "backlog_at_end": backlog_at_end, "backlog_samples": backlogs, "lag_samples": lags,
+            "drain_seconds": drained,
             "stopped_because": stats.stopped_because, "cpu": self.monitor.cpu_by_phase(name),
         }  # fmt: skip
 
@@ -151,13 +157,25 @@ def judge(summary: dict[str, Any], rate: float) -> tuple[bool, str]:
         return False, f"{summary['error_share']:.1%} intake errors"
     if summary["backlog_at_end"] > BACKLOG_SECONDS * rate:
         return False, f"backlog {summary['backlog_at_end']} at the end (> {BACKLOG_SECONDS:.0f} s of arrivals)"
-    samples = summary["backlog_samples"]
-    if len(samples) >= 10:
-        middle = samples[len(samples) * 2 // 5 : len(samples) * 3 // 5]
-        tail = samples[-max(1, len(samples) // 5) :]
-        if sum(tail) / len(tail) > sum(middle) / len(middle) + 0.5 * rate:
-            return False, "backlog still growing"
+    if _growing(summary["backlog_samples"], 0.5 * rate):
+        return False, "backlog still growing"
+    # Every consumer group must keep up too, feedback included (it reads three records per lead), even though
+    # speed to lead does not wait for it: its lag must not grow, and must end small unless it is shrinking.
+    for group, lags in summary.get("lag_samples", {}).items():
+        if _growing(lags, 0.5 * rate * RECORDS_PER_LEAD):
+            return False, f"{group} lag still growing"
+        if lags and lags[-1] > BACKLOG_SECONDS * rate * RECORDS_PER_LEAD and lags[-1] >= lags[0]:
+            return False, f"{group} lag {lags[-1]} at the end (> {BACKLOG_SECONDS:.0f} s of records)"
     return True, "bounded"
+
+
+def _growing(samples: list[int], slack: float) -> bool:
+    """The last fifth of the samples above the middle fifth by more than `slack`."""
+    if len(samples) < 10:
+        return False
+    middle = samples[len(samples) * 2 // 5 : len(samples) * 3 // 5]
+    tail = samples[-max(1, len(samples) // 5) :]
+    return sum(tail) / len(tail) > sum(middle) / len(middle) + slack
 
 
 async def search_max_sustained(
