@@ -267,13 +267,18 @@ async def add_changes_to_cells(session: AsyncSession, changes: Sequence[Sequence
             _add(months.setdefault((delta.day[:7], delta.dimension, value), {}), delta.amounts, lambda amount: amount)
         for key, amounts in months.items():  # one change's rollup is summed before it is stored, as a statement's
             _add(monthly.setdefault(key, {}), amounts, stored)
-    if daily:
-        rows = [{"day": day, "dimension": dimension, "value": value, **_full(amounts)}
-                for (day, dimension, value), amounts in daily.items()]  # fmt: skip
-        await session.execute(_upsert(report_cells, "day"), rows)
-        rows = [{"month": month, "dimension": dimension, "value": value, **_full(amounts)}
-                for (month, dimension, value), amounts in monthly.items()]  # fmt: skip
-        await session.execute(_upsert(report_cells_monthly, "month"), rows)
+    for table, period, cells in ((report_cells, "day", daily), (report_cells_monthly, "month", monthly)):
+        if not cells:
+            continue
+        rows = [{period: at, "dimension": dimension, "value": value, **_full(amounts)}
+                for (at, dimension, value), amounts in cells.items()]  # fmt: skip
+        if session.bind.dialect.name == "postgresql":
+            # One parameter set of column arrays: far less per-row work in the driver than an executemany.
+            await session.execute(
+                _upsert_columns(table, period), {name: [row[name] for row in rows] for name in rows[0]}
+            )
+        else:
+            await session.execute(_upsert(table, period), rows)
 
 
 def _add(total: dict[str, Any], amounts: Mapping[str, Any], stored: Callable[[Any], Any]) -> None:
@@ -305,6 +310,21 @@ def _upsert(table: Table, period: str) -> Any:
     moved = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in METRICS)
     return text(
         f"INSERT INTO {table.name} ({columns}) VALUES ({values}) ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {moved}"
+    )
+
+
+@functools.cache
+def _upsert_columns(table: Table, period: str) -> Any:
+    # PostgreSQL: the rows arrive as one array per column and are unnested into the same upsert.
+    keys = [period, "dimension", "value"]
+    arrays = [f"CAST(:{name} AS text[])" for name in keys] + [
+        f"CAST(:{name} AS {'numeric' if name in AMOUNT_METRICS else 'int'}[])" for name in METRICS
+    ]
+    columns = ", ".join([*keys, *METRICS])
+    moved = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in METRICS)
+    return text(
+        f"INSERT INTO {table.name} ({columns}) SELECT * FROM unnest({', '.join(arrays)}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {moved}"
     )
 
 
