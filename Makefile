@@ -44,7 +44,8 @@ fuzz: install kafka-install
 	BATON_FUZZ_REQUESTS=$(FUZZ_REQUESTS) BATON_FUZZ_SEED=$(BATON_FUZZ_SEED) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 ## bench: speed to lead (202 -> leads.routed) at 50/100/200/500 leads/s through the four services, the maximum
-## sustained rate, and the same run's baselines (raw three-hop aiokafka relay, bare FastAPI endpoint); a table,
+## sustained rate (routed backlog and every consumer group's lag bounded), a backlog routed by 1 and 2 replicas of
+## scoring and routing, and the same run's baselines (raw three-hop aiokafka relay, bare FastAPI endpoint); a table,
 ## var/reports/bench-*.json and a PNG. BENCH_SECONDS (30) per rate, BENCH_SUSTAIN_SECONDS (60) per search step.
 bench: install kafka-install
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'
