@@ -82,28 +82,17 @@ async def _route(
     assert decision is not None
     if decision.rep is not None and decision.via == "rule" and pool:
         await store.save_rotation(tx.session, pool=pool, weights=dict(decision.rotation), rep_id=decision.rep.rep_id)
-    return await _record(tx, lead, decision, policy=policy, version=version, now=now, current=current, cause=cause,
-                         previous_rep_id=previous_rep_id)  # fmt: skip
-
-
-async def _record(
-    tx: Transaction,
-    lead: dict[str, Any],
-    decision: Decision,
-    *,
-    policy: RoutingPolicy,
-    version: str,
-    now: datetime,
-    current: dict[str, Any] | None,
-    cause: str | None,
-    previous_rep_id: str | None,
-) -> LeadRoutedV1:
     record = routing_record(lead, decision, policy=policy, version=version, now=now, current=current, cause=cause,
                             previous_rep_id=previous_rep_id)  # fmt: skip
+    return await _record(tx, record, current=current)
+
+
+async def _record(tx: Transaction, record: RoutingRecord, *, current: dict[str, Any] | None) -> LeadRoutedV1:
+    """Store a lead's routing decision (a new assignment, or the change of the current one) and publish it."""
     if current is None:
         await store.insert_assignment(tx.session, **record.new_assignment())
     else:
-        await store.update_assignment(tx.session, lead_id=lead["lead_id"], tried=current.get("tried") or [],
+        await store.update_assignment(tx.session, lead_id=record.routed.lead_id, tried=current.get("tried") or [],
                                       **record.state)  # fmt: skip
     await publish(tx, record.routed, details=record.details)
     return record.routed
