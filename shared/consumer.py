@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -14,8 +15,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from shared.envelope import CloudEvent, InvalidEvent, utc_now
 from shared.failpoints import Failpoints
 from shared.failures import is_outage
-from shared.kafka import PLAINTEXT, KafkaSecurity, OutboundRecord, Publisher, client_options
+from shared.kafka import PLAINTEXT, KafkaSecurity, OutboundRecord, Publisher, broker_reachable, client_options
 from shared.metrics import count_consumed, count_consumed_all, count_dead_letter, sample_consumer_lag
+from shared.stall import StallWatch, group_backlog
 from shared.topics import dead_letter_topic
 from shared.tracing import batch_spans, consume_span
 from shared.uow import Transaction, UnitOfWork
@@ -43,6 +45,10 @@ class Outage(Exception):
     """The database or broker is unavailable: stop, keep the offset uncommitted, try again later."""
 
 
+class Stalled(Exception):
+    """The consumer client fetches nothing while its group's records wait: it is replaced by a fresh one."""
+
+
 class EventConsumer:
     """Consumes topics in a consumer group and applies each event exactly once to the service's state."""
 
@@ -61,6 +67,7 @@ class EventConsumer:
         failpoints: Failpoints | None = None,
         raw_topics: Mapping[str, str] | None = None,
         security: KafkaSecurity = PLAINTEXT,
+        stall_seconds: float = 30.0,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._security = security
@@ -77,6 +84,7 @@ class EventConsumer:
         self._stopping = False
         # Topics outside tools write plain JSON to: records without CloudEvents headers become events of this type.
         self._raw_topics = dict(raw_topics or {})
+        self._stall_seconds = stall_seconds
 
     def stop(self) -> None:
         """Ask the loop to end at its next step (cancellation alone can be swallowed by wait_for on 3.11)."""
@@ -116,13 +124,34 @@ class EventConsumer:
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         # A failpoint failing effects counts attempts per record: the record-by-record path alone gives it meaning.
         batched = not self._failpoints.armed("consumer.before_effect")
+        watch = StallWatch(self._stall_seconds)
         while not self._stopping:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            now = time.monotonic()
+            watch.fetched(now, sum(len(records) for records in batches.values()))
+            if watch.check_due(now):
+                await self._check_progress(consumer, watch, now)
             await sample_consumer_lag(consumer, batches)
             if not batches or (batched and await self._apply_batch(consumer, batches)):
                 continue
             for partition, records in batches.items():
                 await self._process_partition(consumer, partition, records)
+
+    async def _check_progress(self, consumer: AIOKafkaConsumer, watch: StallWatch, now: float) -> None:
+        """Raise Stalled when the watch finds the client stuck: fetching nothing while the group's records wait."""
+        try:
+            backlog = await group_backlog(consumer, self._topics, self._timeout)
+        except (KafkaError, TimeoutError) as exc:
+            log.info("consumer %s could not measure its backlog: %r", self._group_id, exc)
+            reachable = await broker_reachable(self._bootstrap_servers, security=self._security)
+            stuck = watch.judge(now, None, reachable)
+        else:
+            # Our own partitions, if we hold any; else the whole group's (a client wedged out of its group holds
+            # none, and a replica with none to hold sees the others' progress).
+            assigned = consumer.assignment()
+            stuck = watch.judge(now, {tp: at for tp, at in backlog.items() if not assigned or tp in assigned}, True)
+        if stuck:
+            raise Stalled(f"nothing fetched for {self._stall_seconds:.0f}s+ while records of the group wait")
 
     async def _apply_batch(
         self, consumer: AIOKafkaConsumer, batches: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]

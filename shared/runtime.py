@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
@@ -56,6 +57,7 @@ class ServiceRuntime:
         self._uow: UnitOfWork | None = None
         self.relay: OutboxRelay | None = None
         self._consumer: EventConsumer | None = None
+        self._stopping = False
         self._failpoints = Failpoints(settings.failpoints)
         self._kafka_security = KafkaSecurity.from_settings(settings)
         self.metrics = ServiceMetrics()
@@ -87,14 +89,15 @@ class ServiceRuntime:
         self._uow = UnitOfWork(
             sessions, self._metadata, source=source, on_emit=self.relay.wake, notify_channel=self.relay.notify_channel
         )
-        self._spawn(self.relay.run(), "outbox-relay")
+        self._spawn(self.relay.run, "outbox-relay")
         if self._consumes:
-            self._spawn(self._consume(), "consumer")
+            self._spawn(self._consume, "consumer")
+        uow = self._uow
         for number, work in enumerate(self._background):
-            self._spawn(work(self._uow), f"background-{number}")
+            self._spawn(functools.partial(work, uow), f"background-{number}")
         keep = pruner(self._metadata, outbox_keep=timedelta(hours=settings.outbox_retention_hours),
                       inbox_keep=timedelta(days=settings.inbox_retention_days))  # fmt: skip
-        self._spawn(keep(self._uow), "retention")
+        self._spawn(functools.partial(keep, uow), "retention")
 
     def _publisher(self, role: str) -> KafkaPublisher:
         publisher = KafkaPublisher(
@@ -106,13 +109,19 @@ class ServiceRuntime:
         self._publishers.append(publisher)
         return publisher
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         task_name, context = f"{self.settings.service_name}-{name}", metrics_context(self.metrics)
-        self._tasks.append(asyncio.create_task(work, name=task_name, context=context))
+        supervised = keep_running(work, task_name, stopping=lambda: self._stopping)
+        self._tasks.append(asyncio.create_task(supervised, name=task_name, context=context))
 
     async def _consume(self) -> None:
         await self._ensure_topics()
-        consumer = EventConsumer(
+        if self._consumer is None:
+            self._consumer = self._new_consumer()
+        await self._consumer.run()
+
+    def _new_consumer(self) -> EventConsumer:
+        return EventConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=self.settings.consumer_group or f"baton-{self.settings.service_name}",
             topics=self._consumes,
@@ -120,13 +129,12 @@ class ServiceRuntime:
             uow=self.uow,
             dead_letters=self._publisher("dlq"),
             max_attempts=self.settings.consumer_max_attempts,
+            stall_seconds=self.settings.consumer_stall_seconds,
             timeout_seconds=self.settings.broker_timeout_seconds,
             failpoints=self._failpoints,
             raw_topics=self._raw_topics,
             security=self._kafka_security,
         )
-        self._consumer = consumer
-        await consumer.run()
 
     async def _ensure_topics(self) -> None:
         # The broker may be down at start-up: keep trying, the outbox buffers meanwhile.
@@ -151,6 +159,7 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         """Stop background work (never waiting past STOP_SECONDS), close producers and dispose of the engine."""
+        self._stopping = True
         for worker in (self.relay, self._consumer):
             if worker is not None:
                 worker.stop()
@@ -182,6 +191,36 @@ class ServiceRuntime:
         except Exception:
             return False
         return True
+
+
+async def keep_running(
+    work: Callable[[], Coroutine[Any, Any, None]],
+    name: str,
+    *,
+    stopping: Callable[[], bool],
+    first_delay: float = 0.5,
+    max_delay: float = 10.0,
+) -> None:
+    """Run a service's background work for as long as the service runs. Work that fails, ends, or is cancelled by
+    anything but the service's own shutdown (a stray CancelledError from a client library) is logged and started
+    again after a capped backoff: a relay or consumer that silently stopped would strand every later event."""
+    delay = first_delay
+    while True:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if stopping() or (task is not None and task.cancelling()):
+                raise
+            log.error("%s was cancelled from within; starting it again in %.1fs", name, delay)
+        except Exception:
+            log.exception("%s failed; starting it again in %.1fs", name, delay)
+        else:
+            if stopping():
+                return
+            log.error("%s ended while the service runs; starting it again in %.1fs", name, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)
 
 
 @contextlib.asynccontextmanager

@@ -74,6 +74,8 @@ class ServiceSettings(BaseSettings):
     topic_partitions: int = 3
     broker_timeout_seconds: float = 10.0
     consumer_max_attempts: int = 3
+    # A consumer fetching nothing this long while its group's records wait replaces its Kafka client (it wedged).
+    consumer_stall_seconds: float = Field(30.0, gt=0)
     log_level: str = "INFO"
     failpoints: str = ""
     # The service's consumer group; replicas of one deployment share it (default baton-<service>).

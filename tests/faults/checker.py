@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +39,11 @@ class Verdict:
     def passed(self) -> bool:
         """The promise held."""
         return self.lost == 0 and self.duplicates == 0 and self.order_violations == 0 and not self.notes.get("failures")
+
+    def explained(self) -> str:
+        """The verdict in full, notes (and any diagnosis) as indented JSON: what a failing run prints."""
+        counts = {name: value for name, value in asdict(self).items() if name != "notes"}
+        return f"{counts}\n{json.dumps(self.notes, indent=1, default=str)}"
 
 
 async def wait_until_routed(engine: AsyncEngine, lead_ids: set[str], *, timeout: float) -> float:

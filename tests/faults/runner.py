@@ -9,6 +9,7 @@ import uuid
 
 from tests.faults.checker import Verdict, judge, wait_until_routed
 from tests.faults.cluster import FaultCluster, FaultContext
+from tests.faults.diagnosis import where_leads_stopped
 from tests.faults.load import LeadStream, LoadReport
 from tests.faults.scenarios import Scenario
 
@@ -44,7 +45,7 @@ async def run_scenario(
     failures = list(ctx.failures) + _load_failures(report, stream.count)
     if failures:
         notes["failures"] = failures
-    return await judge(
+    verdict = await judge(
         scenario=scenario.name,
         run=run,
         signal=kill_signal.name,
@@ -54,6 +55,9 @@ async def run_scenario(
         catch_up_seconds=catch_up,
         notes=notes,
     )
+    if verdict.lost:
+        verdict.notes["diagnosis"] = await where_leads_stopped(cluster, acknowledged)
+    return verdict
 
 
 def _load_notes(statuses: dict[int, int], unanswered: int, hung: int) -> dict[str, object]:

@@ -42,4 +42,4 @@ async def test_every_acknowledged_lead_is_routed_exactly_once(
     )
     VERDICTS.append(verdict)
 
-    assert verdict.passed, verdict
+    assert verdict.passed, verdict.explained()

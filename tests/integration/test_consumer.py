@@ -122,3 +122,48 @@ async def _count_is(uow: UnitOfWork, expected: int) -> bool:
 
 async def _offset_is(kafka: KafkaBroker, topic: str, group: str, expected: int) -> bool:
     return await committed_offset(kafka, topic, group) == expected
+
+
+class WedgeableConsumer(EventConsumer):
+    """The service's consumer, keeping each Kafka client it makes so the test can wedge one."""
+
+    clients: list[AIOKafkaConsumer]
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        client = super()._new_consumer()
+        self.clients.append(client)
+        return client
+
+
+async def test_a_client_that_silently_stops_fetching_is_replaced_and_later_events_flow(
+    kafka: KafkaBroker, uow: UnitOfWork
+) -> None:
+    topic, group = fresh_topic("wedge"), fresh_topic("group")
+    publisher = KafkaPublisher(bootstrap_servers=kafka.bootstrap_servers, client_id="test-dlq", timeout_seconds=10)
+    consumer = WedgeableConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=group,
+        topics=[topic],
+        handlers={EVENT_TYPE: record_effect},
+        uow=uow,
+        dead_letters=publisher,
+        stall_seconds=1.0,
+    )
+    consumer.clients = []
+    await produce(kafka, topic, [event("before").to_kafka()])
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _offset_is(kafka, topic, group, 1), message="the first event applied and committed")
+        # What a wedged client looks like from outside: no error, no records, ever again.
+        consumer.clients[0]._fetcher._fetch_task.cancel()
+        await produce(kafka, topic, [event("after").to_kafka()])
+        await eventually(lambda: _count_is(uow, 2), timeout=60, message="the event after the wedge applied")
+    finally:
+        consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await publisher.close()
+
+    assert len(consumer.clients) >= 2
+    assert await effect_notes(uow) == ["after", "before"]
