@@ -68,6 +68,8 @@ class EventConsumer:
         raw_topics: Mapping[str, str] | None = None,
         security: KafkaSecurity = PLAINTEXT,
         stall_seconds: float = 30.0,
+        fetch_max_wait_ms: int = 50,
+        fetch_min_bytes: int = 1,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._security = security
@@ -85,6 +87,8 @@ class EventConsumer:
         # Topics outside tools write plain JSON to: records without CloudEvents headers become events of this type.
         self._raw_topics = dict(raw_topics or {})
         self._stall_seconds = stall_seconds
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._fetch_min_bytes = fetch_min_bytes
 
     def stop(self) -> None:
         """Ask the loop to end at its next step (cancellation alone can be swallowed by wait_for on 3.11)."""
@@ -113,8 +117,9 @@ class EventConsumer:
             client_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # The broker answers a fetch as soon as data arrives or after this wait: speed to lead, not batching.
-            fetch_max_wait_ms=50,
+            # By default the broker answers a fetch as soon as data arrives (speed to lead, not batching).
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+            fetch_min_bytes=self._fetch_min_bytes,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
             request_timeout_ms=int(self._timeout * 1000) + 5_000,

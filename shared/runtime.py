@@ -130,6 +130,8 @@ class ServiceRuntime:
             dead_letters=self._publisher("dlq"),
             max_attempts=self.settings.consumer_max_attempts,
             stall_seconds=self.settings.consumer_stall_seconds,
+            fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
+            fetch_min_bytes=self.settings.consumer_fetch_min_bytes,
             timeout_seconds=self.settings.broker_timeout_seconds,
             failpoints=self._failpoints,
             raw_topics=self._raw_topics,

@@ -76,6 +76,10 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = 3
     # A consumer fetching nothing this long while its group's records wait replaces its Kafka client (it wedged).
     consumer_stall_seconds: float = Field(30.0, gt=0)
+    # How long the broker may hold a fetch to gather `consumer_fetch_min_bytes`: a consumer off the speed-to-lead
+    # path (feedback) trades a little freshness for larger batches, i.e. fewer transactions and row updates.
+    consumer_fetch_max_wait_ms: int = Field(50, ge=0, le=5000)
+    consumer_fetch_min_bytes: int = Field(1, ge=1)
     log_level: str = "INFO"
     failpoints: str = ""
     # The service's consumer group; replicas of one deployment share it (default baton-<service>).

@@ -80,6 +80,15 @@ def test_each_service_has_its_own_default_port() -> None:
     assert [settings_type().port for settings_type in SERVICE_SETTINGS] == [8001, 8002, 8003, 8004]
 
 
+def test_only_feedback_lets_the_broker_gather_larger_batches() -> None:
+    # Scoring and routing are on the speed-to-lead path: the broker answers their fetches as soon as data arrives.
+    waits = {
+        settings_type().service_name: settings_type().consumer_fetch_max_wait_ms for settings_type in SERVICE_SETTINGS
+    }
+    assert waits == {"lead_intake": 50, "scoring": 50, "routing": 50, "feedback": 250}
+    assert [settings_type().consumer_fetch_min_bytes for settings_type in SERVICE_SETTINGS] == [1, 1, 1, 256 * 1024]
+
+
 def test_prefixed_variables_configure_only_their_service(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATON_ROUTING_PORT", "9103")
     monkeypatch.setenv("BATON_ROUTING_CONSUMER_MAX_ATTEMPTS", "5")
