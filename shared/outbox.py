@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
-from sqlalchemy import MetaData, Row, func, select, update
+from sqlalchemy import BigInteger, MetaData, Row, Select, Table, Update, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from shared.db import advisory_lock_key, is_postgres
 from shared.envelope import utc_now
@@ -50,6 +53,7 @@ class OutboxRelay:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._failpoints = failpoints or Failpoints()
+        self._pending, self._mark_sent = _statements(self._outbox, self._lock_key, batch_size, is_postgres(engine))
 
     def stop(self) -> None:
         """Ask the loop to end at its next step."""
@@ -122,28 +126,14 @@ class OutboxRelay:
         """Publish one batch of unsent rows and mark them sent; returns how many were published."""
         self._wakeup.clear()
         async with self._sessions() as session, session.begin():
-            if is_postgres(self._engine) and not await self._take_turn(session):
-                return 0
-            rows = (
-                await session.execute(
-                    select(self._outbox)
-                    .where(self._outbox.c.sent_at.is_(None))
-                    .order_by(self._outbox.c.id)
-                    .limit(self._batch_size)
-                )
-            ).all()
+            rows = (await session.execute(self._pending)).all()
             if not rows:
                 return 0
             await self._publisher.publish([_to_record(row) for row in rows])
             count_produced(row.topic for row in rows)
             self._failpoints.hit("relay.after_publish")
-            ids = [row.id for row in rows]
-            await session.execute(update(self._outbox).where(self._outbox.c.id.in_(ids)).values(sent_at=utc_now()))
+            await session.execute(self._mark_sent, {"ids": [row.id for row in rows], "sent_at": utc_now()})
         return len(rows)
-
-    async def _take_turn(self, session: AsyncSession) -> bool:
-        # Only one replica relays at a time, so rows reach Kafka in commit order.
-        return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(self._lock_key))))
 
     async def pending_count(self) -> int:
         """Rows committed but not yet published."""
@@ -152,6 +142,21 @@ class OutboxRelay:
                 select(func.count()).select_from(self._outbox).where(self._outbox.c.sent_at.is_(None))
             )
         return int(count or 0)
+
+
+def _statements(outbox: Table, lock_key: int, batch_size: int, postgres: bool) -> tuple[Select[Any], Update]:
+    """Reading a batch of unsent rows, and marking rows sent; built once per relay."""
+    pending = select(outbox).where(outbox.c.sent_at.is_(None))
+    sent: ColumnElement[bool] = outbox.c.id.in_(bindparam("ids", expanding=True))
+    if postgres:
+        # Only one replica relays at a time, so rows reach Kafka in commit order. The turn is taken in the statement
+        # that reads the rows (one round trip): a CTE with a volatile call is evaluated once, and while another
+        # replica has the turn this one reads nothing. `= ANY(:ids)` is one prepared statement for any batch size.
+        turn = select(func.pg_try_advisory_xact_lock(lock_key).label("mine")).cte("turn")
+        pending = pending.where(select(turn.c.mine).scalar_subquery())
+        sent = outbox.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
+    mark_sent = update(outbox).where(sent).values(sent_at=bindparam("sent_at"))
+    return pending.order_by(outbox.c.id).limit(batch_size), mark_sent
 
 
 def _to_record(row: Row[tuple[object, ...]]) -> OutboundRecord:

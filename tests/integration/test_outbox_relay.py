@@ -9,9 +9,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import make_sessions
+from shared.db import advisory_lock_key, make_sessions
 from shared.envelope import CloudEvent, utc_now
 from shared.events import LeadCapturedV1
 from shared.kafka import KafkaPublisher
@@ -118,3 +119,22 @@ async def test_a_commit_in_another_process_wakes_the_relay_at_once_through_notif
 
 def _has(key: bytes) -> Callable[[list[Any]], bool]:
     return lambda seen: any(record.key == key for record in seen)
+
+
+async def test_while_another_replica_has_its_turn_this_relay_reads_and_publishes_nothing(
+    engine: AsyncEngine, kafka: KafkaBroker
+) -> None:
+    topic = fresh_topic("turn")
+    await add_outbox_rows(engine, topic, 3)
+    relay = relay_for(engine, kafka.bootstrap_servers)
+    try:
+        async with engine.connect() as other_replica, other_replica.begin():
+            lock = func.pg_try_advisory_xact_lock(advisory_lock_key("outbox:test"))
+            assert await other_replica.scalar(select(lock))
+            assert await relay.publish_pending() == 0
+            assert await relay.pending_count() == 3
+        assert await relay.publish_pending() == 3
+    finally:
+        await relay._publisher.close()
+    records = await read_topic(kafka.bootstrap_servers, topic, until=lambda seen: len(seen) >= 3)
+    assert len(records) == 3
