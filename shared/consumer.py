@@ -16,7 +16,13 @@ from shared.envelope import CloudEvent, InvalidEvent, utc_now
 from shared.failpoints import Failpoints
 from shared.failures import is_outage
 from shared.kafka import PLAINTEXT, KafkaSecurity, OutboundRecord, Publisher, broker_reachable, client_options
-from shared.metrics import count_consumed, count_consumed_all, count_dead_letter, sample_consumer_lag
+from shared.metrics import (
+    count_consumed,
+    count_consumed_all,
+    count_consumer_restart,
+    count_dead_letter,
+    sample_consumer_lag,
+)
 from shared.stall import StallWatch, group_backlog
 from shared.topics import dead_letter_topic
 from shared.tracing import batch_spans, consume_span
@@ -105,6 +111,7 @@ class EventConsumer:
                 raise
             except Exception as exc:
                 log.warning("consumer %s restarting after %r", self._group_id, exc)
+                count_consumer_restart("stalled" if isinstance(exc, Stalled) else "error")
             finally:
                 await _stop(consumer, self._timeout)
             await self._pause()
@@ -151,10 +158,7 @@ class EventConsumer:
             reachable = await broker_reachable(self._bootstrap_servers, security=self._security)
             stuck = watch.judge(now, None, reachable)
         else:
-            # Our own partitions, if we hold any; else the whole group's (a client wedged out of its group holds
-            # none, and a replica with none to hold sees the others' progress).
-            assigned = consumer.assignment()
-            stuck = watch.judge(now, {tp: at for tp, at in backlog.items() if not assigned or tp in assigned}, True)
+            stuck = watch.judge(now, backlog, True)
         if stuck:
             raise Stalled(f"nothing fetched for {self._stall_seconds:.0f}s+ while records of the group wait")
 

@@ -79,6 +79,12 @@ class ServiceMetrics:
             registry=r,
         )
         self.sla_misses = Counter("baton_sla_misses", "Follow-up SLAs a rep missed.", registry=r)
+        self.consumer_restarts = Counter(
+            "baton_consumer_restarts",
+            "Kafka consumer clients replaced, by reason (stalled: fetched nothing while records waited; error).",
+            ["reason"],
+            registry=r,
+        )
         self._outbox_sampled_at = float("-inf")
 
     def exposition(self) -> bytes:
@@ -141,6 +147,12 @@ def count_consumed_all(outcomes: Iterable[tuple[str, str]]) -> None:
     """Record many (topic, outcome) pairs, once the batch they belong to committed."""
     for topic, outcome in outcomes:
         count_consumed(topic, outcome)
+
+
+def count_consumer_restart(reason: str) -> None:
+    """Record a consumer client replaced for `reason`."""
+    if (metrics := _current.get()) is not None:
+        metrics.consumer_restarts.labels(reason).inc()
 
 
 def count_dead_letter(topic: str) -> None:

@@ -154,8 +154,15 @@ async def test_a_client_that_silently_stops_fetching_is_replaced_and_later_event
     task = asyncio.create_task(consumer.run())
     try:
         await eventually(lambda: _offset_is(kafka, topic, group, 1), message="the first event applied and committed")
-        # What a wedged client looks like from outside: no error, no records, ever again.
-        consumer.clients[0]._fetcher._fetch_task.cancel()
+        # What a wedged client looks like from outside: no error, no records, ever again. (Its fetch loop swallows
+        # a cancellation that lands in some of its awaits, so it is cancelled until it has really stopped.)
+        fetch_loop = consumer.clients[0]._fetcher._fetch_task
+
+        async def fetching_stopped() -> bool:
+            fetch_loop.cancel()
+            return bool(fetch_loop.done())
+
+        await eventually(fetching_stopped, message="the first client's fetch loop stopped")
         await produce(kafka, topic, [event("after").to_kafka()])
         await eventually(lambda: _count_is(uow, 2), timeout=60, message="the event after the wedge applied")
     finally:

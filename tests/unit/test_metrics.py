@@ -126,7 +126,12 @@ async def test_metrics_answer_with_request_latency_by_route_template_and_consume
     assert value(text, "baton_http_request_duration_seconds_count", **missing) == 1
     assert "lead-42" not in text  # the template, never the raw path
     assert value(text, "baton_events_consumed_total", topic=TOPIC, outcome="applied") == 1
-    for name in ("baton_outbox_unsent_rows", "baton_outbox_oldest_unsent_age_seconds", "baton_sla_misses_total"):
+    for name in (
+        "baton_outbox_unsent_rows",
+        "baton_outbox_oldest_unsent_age_seconds",
+        "baton_sla_misses_total",
+        "baton_consumer_restarts_total",
+    ):
         assert f"# TYPE {name.removesuffix('_total')}" in text
 
 

@@ -37,23 +37,23 @@ def test_a_consumer_is_not_checked_before_it_has_been_idle_for_the_window() -> N
 def test_records_waiting_past_an_unchanged_commit_at_two_checks_mean_stuck() -> None:
     watch = StallWatch(window=30)
     _idle_for(watch, 30)
-    assert not watch.judge(30, {P0: Backlog(committed=4, end=10)}, True)
+    assert not watch.judge(30, {P0: Backlog(at=4, end=10)}, True)
     assert not watch.check_due(59)
     assert watch.check_due(60)
-    assert watch.judge(60, {P0: Backlog(committed=4, end=10)}, True)
+    assert watch.judge(60, {P0: Backlog(at=4, end=10)}, True)
 
 
 def test_a_commit_that_moved_between_checks_is_progress() -> None:
     watch = StallWatch(window=30)
     _idle_for(watch, 30)
-    watch.judge(30, {P0: Backlog(committed=4, end=10)}, True)
-    assert not watch.judge(60, {P0: Backlog(committed=7, end=12)}, True)
+    watch.judge(30, {P0: Backlog(at=4, end=10)}, True)
+    assert not watch.judge(60, {P0: Backlog(at=7, end=12)}, True)
 
 
 def test_nothing_waiting_is_idle_not_stuck() -> None:
     watch = StallWatch(window=30)
     _idle_for(watch, 30)
-    caught_up = {P0: Backlog(committed=10, end=10), P1: Backlog(committed=None, end=3)}
+    caught_up = {P0: Backlog(at=10, end=10), P1: Backlog(at=None, end=3)}
     assert not watch.judge(30, caught_up, True)
     assert not watch.judge(60, caught_up, True)
 
@@ -61,12 +61,12 @@ def test_nothing_waiting_is_idle_not_stuck() -> None:
 def test_a_fetch_with_records_resets_the_watch() -> None:
     watch = StallWatch(window=30)
     _idle_for(watch, 30)
-    watch.judge(30, {P0: Backlog(committed=4, end=10)}, True)
+    watch.judge(30, {P0: Backlog(at=4, end=10)}, True)
     watch.fetched(45, 2)
     assert not watch.check_due(60)
     watch.fetched(50, 0)
     assert watch.check_due(80)
-    assert not watch.judge(80, {P0: Backlog(committed=4, end=10)}, True)
+    assert not watch.judge(80, {P0: Backlog(at=4, end=10)}, True)
 
 
 def test_a_backlog_that_cannot_be_measured_twice_while_the_broker_answers_is_stuck() -> None:
@@ -84,10 +84,10 @@ def test_an_unreachable_broker_is_an_outage_not_a_stuck_client() -> None:
 
 
 class IdleKafkaConsumer:
-    """A client whose fetches return nothing, over a partition whose group committed `committed` of `end`."""
+    """A client whose fetches return nothing; P0 holds `end` records, the group stands at `at` on it, P1 is empty."""
 
-    def __init__(self, owner: EventConsumer, *, committed: int, end: int, fetches: int = 50) -> None:
-        self.owner, self.committed_at, self.end, self.fetches_left = owner, committed, end, fetches
+    def __init__(self, owner: EventConsumer, *, at: int, end: int, fetches: int = 50) -> None:
+        self.owner, self.at, self.end, self.fetches_left = owner, at, end, fetches
         self.assigned: set[TopicPartition] = {P0}
         self.unreachable = False
 
@@ -108,8 +108,11 @@ class IdleKafkaConsumer:
             raise KafkaTimeoutError()
         return {partition: self.end if partition == P0 else 0 for partition in partitions}
 
+    async def position(self, partition: TopicPartition) -> int:
+        return self.at if partition == P0 else 0
+
     async def committed(self, partition: TopicPartition) -> int | None:
-        return self.committed_at if partition == P0 else None
+        return self.at if partition == P0 else None
 
 
 def _consumer(uow: UnitOfWork) -> EventConsumer:
@@ -131,7 +134,7 @@ def uow(engine: AsyncEngine) -> UnitOfWork:
 
 async def test_a_client_fetching_nothing_while_its_records_wait_is_replaced(uow: UnitOfWork) -> None:
     consumer = _consumer(uow)
-    client = IdleKafkaConsumer(consumer, committed=4, end=10)
+    client = IdleKafkaConsumer(consumer, at=4, end=10)
     with pytest.raises(Stalled):
         await consumer._consume(client)
     assert client.fetches_left > 0
@@ -139,14 +142,14 @@ async def test_a_client_fetching_nothing_while_its_records_wait_is_replaced(uow:
 
 async def test_an_idle_client_with_nothing_waiting_keeps_consuming(uow: UnitOfWork) -> None:
     consumer = _consumer(uow)
-    client = IdleKafkaConsumer(consumer, committed=10, end=10)
+    client = IdleKafkaConsumer(consumer, at=10, end=10)
     await consumer._consume(client)
     assert client.fetches_left == 0
 
 
 async def test_records_waiting_on_another_members_partition_are_not_this_clients_business(uow: UnitOfWork) -> None:
     consumer = _consumer(uow)
-    client = IdleKafkaConsumer(consumer, committed=4, end=10)
+    client = IdleKafkaConsumer(consumer, at=4, end=10)
     client.assigned = {P1}
     await consumer._consume(client)
     assert client.fetches_left == 0
@@ -154,13 +157,26 @@ async def test_records_waiting_on_another_members_partition_are_not_this_clients
 
 async def test_a_client_that_cannot_reach_a_down_broker_is_kept(uow: UnitOfWork) -> None:
     consumer = _consumer(uow)
-    client = IdleKafkaConsumer(consumer, committed=4, end=10)
+    client = IdleKafkaConsumer(consumer, at=4, end=10)
     client.unreachable = True
     await consumer._consume(client)
     assert client.fetches_left == 0
 
 
-async def test_the_backlog_is_measured_on_every_partition_of_the_topics(uow: UnitOfWork) -> None:
-    client = IdleKafkaConsumer(_consumer(uow), committed=4, end=10)
-    backlog = await group_backlog(client, [LEADS_SCORED, LEADS_CAPTURED], timeout_seconds=1)
-    assert backlog == {P0: Backlog(committed=4, end=10), P1: Backlog(committed=None, end=0)}
+async def test_a_client_holding_no_partition_judges_by_the_groups_commits(uow: UnitOfWork) -> None:
+    consumer = _consumer(uow)
+    client = IdleKafkaConsumer(consumer, at=4, end=10)
+    client.assigned = set()
+    with pytest.raises(Stalled):
+        await consumer._consume(client)
+
+
+async def test_the_backlog_is_measured_at_the_clients_positions_or_else_the_groups_commits(uow: UnitOfWork) -> None:
+    client = IdleKafkaConsumer(_consumer(uow), at=4, end=10)
+    topics = [LEADS_SCORED, LEADS_CAPTURED]
+    assert await group_backlog(client, topics, timeout_seconds=1) == {P0: Backlog(at=4, end=10)}
+    client.assigned = set()
+    assert await group_backlog(client, topics, timeout_seconds=1) == {
+        P0: Backlog(at=4, end=10),
+        P1: Backlog(at=None, end=0),
+    }
