@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import func, select
@@ -34,21 +35,30 @@ async def always_fails(tx: Transaction, event: CloudEvent) -> None:
 
 @contextlib.asynccontextmanager
 async def running_consumer(
-    kafka: KafkaBroker, uow: UnitOfWork, topic: str, group: str, handler: Handler
-) -> AsyncIterator[None]:
+    kafka: KafkaBroker,
+    uow: UnitOfWork,
+    topic: str,
+    group: str,
+    handler: Handler,
+    *,
+    kind: type[EventConsumer] = EventConsumer,
+    stall_seconds: float = 30.0,
+) -> AsyncIterator[EventConsumer]:
     publisher = KafkaPublisher(bootstrap_servers=kafka.bootstrap_servers, client_id="test-dlq", timeout_seconds=10)
-    consumer = EventConsumer(
+    consumer = kind(
         bootstrap_servers=kafka.bootstrap_servers,
         group_id=group,
         topics=[topic],
         handlers={EVENT_TYPE: handler},
         uow=uow,
         dead_letters=publisher,
+        stall_seconds=stall_seconds,
     )
     task = asyncio.create_task(consumer.run())
     try:
-        yield
+        yield consumer
     finally:
+        consumer.stop()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -127,7 +137,9 @@ async def _offset_is(kafka: KafkaBroker, topic: str, group: str, expected: int) 
 class WedgeableConsumer(EventConsumer):
     """The service's consumer, keeping each Kafka client it makes so the test can wedge one."""
 
-    clients: list[AIOKafkaConsumer]
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.clients: list[AIOKafkaConsumer] = []
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         client = super()._new_consumer()
@@ -139,20 +151,10 @@ async def test_a_client_that_silently_stops_fetching_is_replaced_and_later_event
     kafka: KafkaBroker, uow: UnitOfWork
 ) -> None:
     topic, group = fresh_topic("wedge"), fresh_topic("group")
-    publisher = KafkaPublisher(bootstrap_servers=kafka.bootstrap_servers, client_id="test-dlq", timeout_seconds=10)
-    consumer = WedgeableConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        group_id=group,
-        topics=[topic],
-        handlers={EVENT_TYPE: record_effect},
-        uow=uow,
-        dead_letters=publisher,
-        stall_seconds=1.0,
-    )
-    consumer.clients = []
     await produce(kafka, topic, [event("before").to_kafka()])
-    task = asyncio.create_task(consumer.run())
-    try:
+    wedgeable = running_consumer(kafka, uow, topic, group, record_effect, kind=WedgeableConsumer, stall_seconds=1.0)
+    async with wedgeable as consumer:
+        assert isinstance(consumer, WedgeableConsumer)
         await eventually(lambda: _offset_is(kafka, topic, group, 1), message="the first event applied and committed")
         # What a wedged client looks like from outside: no error, no records, ever again. (Its fetch loop swallows
         # a cancellation that lands in some of its awaits, so it is cancelled until it has really stopped.)
@@ -165,12 +167,6 @@ async def test_a_client_that_silently_stops_fetching_is_replaced_and_later_event
         await eventually(fetching_stopped, message="the first client's fetch loop stopped")
         await produce(kafka, topic, [event("after").to_kafka()])
         await eventually(lambda: _count_is(uow, 2), timeout=60, message="the event after the wedge applied")
-    finally:
-        consumer.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await publisher.close()
 
     assert len(consumer.clients) >= 2
     assert await effect_notes(uow) == ["after", "before"]
