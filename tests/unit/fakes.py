@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -12,6 +13,15 @@ from shared.envelope import CloudEvent
 from shared.kafka import OutboundRecord, Publisher
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.uow import UnitOfWork
+
+# A manager at a named business: fit 30 (business email 15, manager 10, company named 5), short of 50 on its own.
+MANAGER_LEAD: dict[str, Any] = {
+    "email": "ada@acme.test",
+    "first_name": "Ada",
+    "company": "Acme",
+    "company_domain": "acme.test",
+    "seniority": "manager",
+}
 
 
 class FakePublisher:

@@ -30,17 +30,10 @@ from shared.events import (
     parse_payload,
 )
 from shared.uow import UnitOfWork
-from tests.unit.fakes import migrated_unit_of_work, outbox_events
+from tests.unit.fakes import MANAGER_LEAD, migrated_unit_of_work, outbox_events
 
 NOW = utc_now()
-MANAGER: dict[str, Any] = {
-    "email": "ada@acme.test",
-    "first_name": "Ada",
-    "company": "Acme",
-    "company_domain": "acme.test",
-    "seniority": "manager",
-    "attributes": {"plan": "pro"},
-}
+MANAGER: dict[str, Any] = {**MANAGER_LEAD, "attributes": {"plan": "pro"}}
 
 
 @pytest.fixture

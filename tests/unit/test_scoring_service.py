@@ -23,16 +23,9 @@ from shared.events import (
     parse_payload,
 )
 from shared.uow import UnitOfWork
-from tests.unit.fakes import migrated_unit_of_work, outbox_events
+from tests.unit.fakes import MANAGER_LEAD, migrated_unit_of_work, outbox_events
 
-# A manager at a named business: fit 30 (business email 15, manager 10, company named 5), short of 50 on its own.
-MANAGER: dict[str, Any] = {
-    "email": "ada@acme.test",
-    "first_name": "Ada",
-    "company": "Acme",
-    "company_domain": "acme.test",
-    "seniority": "manager",
-}
+MANAGER = MANAGER_LEAD
 JAPAN_FIRST = ScoringModelDefinition(
     fit_rules=[FitRule(id="japan", field="country", op="equals", value="jp", points=60)],
     engagement_rules=STARTER_MODEL.engagement_rules,
