@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-from sqlalchemy import BigInteger, MetaData, Row, Select, Table, Update, any_, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import MetaData, Row, Table, Update, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
 
 from shared.db import advisory_lock_key, is_postgres
 from shared.envelope import utc_now
@@ -53,7 +50,7 @@ class OutboxRelay:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._failpoints = failpoints or Failpoints()
-        self._pending, self._mark_sent = _statements(self._outbox, self._lock_key, batch_size, is_postgres(engine))
+        self._claim = _claim_statement(self._outbox, self._lock_key, batch_size, is_postgres(engine))
 
     def stop(self) -> None:
         """Ask the loop to end at its next step."""
@@ -123,16 +120,18 @@ class OutboxRelay:
         self._wakeup.clear()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of unsent rows and mark them sent; returns how many were published."""
+        """Publish one batch of unsent rows and mark them sent; returns how many were published.
+
+        The rows are marked sent in the statement that reads them, but that only counts once the transaction
+        commits, after the broker acknowledged them: a failed publish rolls the mark back."""
         self._wakeup.clear()
         async with self._sessions() as session, session.begin():
-            rows = (await session.execute(self._pending)).all()
+            rows = sorted((await session.execute(self._claim, {"sent_at": utc_now()})).all(), key=lambda row: row.id)
             if not rows:
                 return 0
             await self._publisher.publish([_to_record(row) for row in rows])
             count_produced(row.topic for row in rows)
             self._failpoints.hit("relay.after_publish")
-            await session.execute(self._mark_sent, {"ids": [row.id for row in rows], "sent_at": utc_now()})
         return len(rows)
 
     async def pending_count(self) -> int:
@@ -144,19 +143,23 @@ class OutboxRelay:
         return int(count or 0)
 
 
-def _statements(outbox: Table, lock_key: int, batch_size: int, postgres: bool) -> tuple[Select[Any], Update]:
-    """Reading a batch of unsent rows, and marking rows sent; built once per relay."""
-    pending = select(outbox).where(outbox.c.sent_at.is_(None))
-    sent: ColumnElement[bool] = outbox.c.id.in_(bindparam("ids", expanding=True))
+def _claim_statement(outbox: Table, lock_key: int, batch_size: int, postgres: bool) -> Update:
+    """Marking the oldest unsent rows sent and returning them (RETURNING's order is unspecified: sort by id); built
+    once per relay."""
+    oldest = select(outbox.c.id).where(outbox.c.sent_at.is_(None))
     if postgres:
         # Only one replica relays at a time, so rows reach Kafka in commit order. The turn is taken in the statement
-        # that reads the rows (one round trip): a CTE with a volatile call is evaluated once, and while another
-        # replica has the turn this one reads nothing. `= ANY(:ids)` is one prepared statement for any batch size.
+        # that claims the rows (one round trip): a CTE with a volatile call is evaluated once, and while another
+        # replica has the turn this one claims nothing.
         turn = select(func.pg_try_advisory_xact_lock(lock_key).label("mine")).cte("turn")
-        pending = pending.where(select(turn.c.mine).scalar_subquery())
-        sent = outbox.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
-    mark_sent = update(outbox).where(sent).values(sent_at=bindparam("sent_at"))
-    return pending.order_by(outbox.c.id).limit(batch_size), mark_sent
+        oldest = oldest.where(select(turn.c.mine).scalar_subquery())
+    oldest = oldest.order_by(outbox.c.id).limit(batch_size)
+    return (
+        update(outbox)
+        .where(outbox.c.id.in_(oldest.scalar_subquery()))
+        .values(sent_at=bindparam("sent_at"))
+        .returning(outbox.c.id, outbox.c.topic, outbox.c.message_key, outbox.c.value, outbox.c.headers)
+    )
 
 
 def _to_record(row: Row[tuple[object, ...]]) -> OutboundRecord:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import MetaData, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Executable, MetaData, Table, TextClause, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.envelope import CloudEvent, utc_now
@@ -19,11 +21,10 @@ from shared.tracing import trace_headers
 class Transaction:
     """One open database transaction of a service; records outbox and inbox rows beside the effect."""
 
-    def __init__(self, session: AsyncSession, *, source: str, outbox: Table, inbox: Table) -> None:
+    def __init__(self, session: AsyncSession, *, source: str, statements: MessagingStatements) -> None:
         self.session = session
         self.source = source
-        self._outbox = outbox
-        self._inbox = inbox
+        self._statements = statements
         self.emitted: list[CloudEvent] = []
         # Set by the consumer while a batch handler runs: each lead's trace context, so events emitted for a lead
         # continue the trace of the event that caused them (one handler call serves many traces).
@@ -32,7 +33,7 @@ class Transaction:
     async def emit(self, payload: EventPayload, *, event_id: str | None = None) -> CloudEvent:
         """Queue `payload` for publication on its topic; it is published only if this transaction commits."""
         event = payload.to_event(source=self.source, event_id=event_id)
-        await self.session.execute(self._outbox.insert().values(**self._outbox_row(payload, event)))
+        await self._queue([self._outbox_row(payload, event)])
         self.emitted.append(event)
         return event
 
@@ -41,10 +42,16 @@ class Transaction:
         if not payloads:
             return []
         events = [payload.to_event(source=self.source) for payload in payloads]
-        rows = [self._outbox_row(payload, event) for payload, event in zip(payloads, events, strict=True)]
-        await self.session.execute(self._outbox.insert(), rows)
+        await self._queue([self._outbox_row(payload, event) for payload, event in zip(payloads, events, strict=True)])
         self.emitted.extend(events)
         return events
+
+    async def _queue(self, rows: list[dict[str, Any]]) -> None:
+        queue = self._statements.queue_events
+        if isinstance(queue, TextClause):  # PostgreSQL: one statement of column arrays, whatever the count
+            await self.session.execute(queue, _columns(rows, json_columns=("headers",)))
+        else:
+            await self.session.execute(queue, rows)
 
     def _outbox_row(self, payload: EventPayload, event: CloudEvent) -> dict[str, Any]:
         key, value, headers = event.to_kafka()
@@ -69,16 +76,12 @@ class Transaction:
         rows = [{"event_id": event_id, "topic": topics[event_id], "processed_at": now} for event_id in wanted]
         # One statement: the ids inserted are the fresh ones; a conflict is an id applied before (or by a
         # concurrent replica, whose commit this waits for).
-        inserted = await self.session.execute(self._insert_new_inbox_rows(), rows)
+        record = self._statements.record_consumed
+        if isinstance(record, TextClause):
+            inserted = await self.session.execute(record, _columns(rows))
+        else:
+            inserted = await self.session.execute(record, rows)
         return set(inserted.scalars().all())
-
-    def _insert_new_inbox_rows(self) -> Any:
-        insert = postgresql.insert if self.session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        return (
-            insert(self._inbox)
-            .on_conflict_do_nothing(index_elements=[self._inbox.c.event_id])
-            .returning(self._inbox.c.event_id)
-        )
 
     async def mark_processed(self, event_id: str, *, topic: str) -> bool:
         """Record a consumed event; False if it was already applied (a redelivery that must change nothing)."""
@@ -105,20 +108,76 @@ class UnitOfWork:
         self._inbox = metadata.tables[INBOX]
         self._source = source
         self.on_emit = on_emit
+        self._statements: dict[str, MessagingStatements] = {}
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """Begin; commit when the block ends normally, roll back if it raises."""
         async with self._sessions() as session, session.begin():
-            tx = Transaction(session, source=self._source, outbox=self._outbox, inbox=self._inbox)
+            tx = Transaction(session, source=self._source, statements=self._statements_for(session))
             yield tx
-            if tx.emitted and self._notify_channel:
-                await session.execute(select(func.pg_notify(self._notify_channel, "")))
         if tx.emitted:
             self.on_emit()
+
+    def _statements_for(self, session: AsyncSession) -> MessagingStatements:
+        dialect = session.get_bind().dialect.name
+        if dialect not in self._statements:
+            self._statements[dialect] = MessagingStatements.build(
+                self._outbox, self._inbox, postgres=dialect == "postgresql", notify_channel=self._notify_channel
+            )
+        return self._statements[dialect]
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for queries that change nothing."""
         async with self._sessions() as session:
             yield session
+
+
+@dataclass(frozen=True)
+class MessagingStatements:
+    """The outbox and inbox statements of a service, built once per dialect (building one costs more than running
+    it).
+
+    On PostgreSQL each takes one array per column, so a batch of any size is one prepared statement and one round
+    trip; queuing events also NOTIFYs the relays' channel in that same statement (delivered at commit)."""
+
+    queue_events: Executable
+    record_consumed: Executable
+
+    @classmethod
+    def build(cls, outbox: Table, inbox: Table, *, postgres: bool, notify_channel: str | None) -> MessagingStatements:
+        if not postgres:
+            return cls(
+                queue_events=outbox.insert(),
+                record_consumed=sqlite.insert(inbox)
+                .on_conflict_do_nothing(index_elements=[inbox.c.event_id])
+                .returning(inbox.c.event_id),
+            )
+        queue = (
+            f"INSERT INTO {outbox.name} (event_id, topic, message_key, value, headers, created_at) "
+            "SELECT event_id, topic, message_key, value, headers::json, created_at FROM unnest("
+            "CAST(:event_id AS varchar[]), CAST(:topic AS varchar[]), CAST(:message_key AS bytea[]), "
+            "CAST(:value AS bytea[]), CAST(:headers AS text[]), CAST(:created_at AS timestamptz[])) WITH ORDINALITY "
+            "AS queued(event_id, topic, message_key, value, headers, created_at, position) ORDER BY position"
+        )
+        if notify_channel is not None:
+            queue = f"WITH queued_events AS ({queue}) SELECT pg_notify(:channel, '')"
+        queue_events = text(queue)
+        if notify_channel is not None:
+            queue_events = queue_events.bindparams(channel=notify_channel)
+        record = text(
+            f"INSERT INTO {inbox.name} (event_id, topic, processed_at) "
+            "SELECT * FROM unnest(CAST(:event_id AS varchar[]), CAST(:topic AS varchar[]), "
+            "CAST(:processed_at AS timestamptz[])) "
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+        )
+        return cls(queue_events=queue_events, record_consumed=record)
+
+
+def _columns(rows: list[dict[str, Any]], *, json_columns: tuple[str, ...] = ()) -> dict[str, list[Any]]:
+    """Rows as one list per column (PostgreSQL's `unnest` takes them as arrays); JSON columns serialized."""
+    columns: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in rows[0]}
+    for name in json_columns:
+        columns[name] = [json.dumps(value) for value in columns[name]]
+    return columns
