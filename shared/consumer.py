@@ -95,6 +95,7 @@ class EventConsumer:
         self._stall_seconds = stall_seconds
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._fetch_min_bytes = fetch_min_bytes
+        self._committing: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
         """Ask the loop to end at its next step (cancellation alone can be swallowed by wait_for on 3.11)."""
@@ -113,6 +114,7 @@ class EventConsumer:
                 log.warning("consumer %s restarting after %r", self._group_id, exc)
                 count_consumer_restart("stalled" if isinstance(exc, Stalled) else "error")
             finally:
+                await self._settle_commit()
                 await _stop(consumer, self._timeout)
             await self._pause()
 
@@ -206,7 +208,7 @@ class EventConsumer:
             self._failpoints.hit("consumer.after_commit")
         count_consumed_all(outcomes)
         self._backoff = 0.1
-        await self._commit_all(consumer, {partition: records[-1].offset + 1 for partition, records in batches.items()})
+        await self._commit_behind(consumer, {partition: records[-1].offset + 1 for partition, records in batches.items()})
         return True
 
     async def _process_partition(
@@ -296,12 +298,26 @@ class EventConsumer:
 
     async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int | None) -> None:
         if offset is not None:
-            await self._commit_all(consumer, {partition: offset})
+            await self._settle_commit()
+            await self._commit_now(consumer, {partition: offset})
 
-    async def _commit_all(self, consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
+    async def _commit_behind(self, consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit a batch's `offsets` while the next batch is fetched and applied, keeping the commit's round trip
+        off the next events' path. One commit is in flight at a time, so they land in order. A crash before it
+        lands only redelivers events already applied, which the inbox absorbs."""
+        await self._settle_commit()
+        self._committing = asyncio.create_task(self._commit_now(consumer, dict(offsets)))
+
+    async def _settle_commit(self) -> None:
+        """Wait for the commit in flight, if any (it logs its own failure and never raises one)."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await committing
+
+    async def _commit_now(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         partition = ", ".join(str(tp) for tp in offsets)
         try:
-            await asyncio.wait_for(consumer.commit(dict(offsets)), self._timeout)
+            await asyncio.wait_for(consumer.commit(offsets), self._timeout)
         except (CommitFailedError, IllegalStateError) as exc:
             # The partition moved to another member during a rebalance; it re-reads from the last
             # committed offset and its inbox turns the redelivery into a no-op.

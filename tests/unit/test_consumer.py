@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -275,6 +277,7 @@ async def test_a_batched_handler_gets_the_fetch_as_one_run_and_each_lead_keeps_i
     duplicate = _scored_record(13, "lead-0", event_id=dict(records[0].headers)["ce_id"].decode())
 
     assert await consumer._apply_batch(harness.kafka, {PARTITION: [*records, duplicate]})
+    await consumer._settle_commit()
 
     assert recorder.runs == [["lead-0", "lead-1", "lead-2"]]  # the redelivered event is not in the run
     assert harness.kafka.commits == [{PARTITION: 14}]
@@ -282,6 +285,39 @@ async def test_a_batched_handler_gets_the_fetch_as_one_run_and_each_lead_keeps_i
         rows = (await session.execute(select(METADATA.tables["outbox"]).order_by(METADATA.tables["outbox"].c.id))).all()
     traces = {row.message_key.decode(): dict(row.headers)["ce_traceparent"].split("-")[1] for row in rows}
     assert traces == {f"lead-{n}": f"{n + 1:032x}" for n in range(3)}
+
+
+class GatedKafkaConsumer(FakeKafkaConsumer):
+    """Offset commits wait for the gate to open, like a slow broker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        await self.gate.wait()
+        await super().commit(offsets)
+
+
+async def test_the_next_batch_is_applied_while_the_last_ones_offsets_are_committed_and_commits_land_in_order(
+    harness: Harness,
+) -> None:
+    recorder = RunRecorder()
+    consumer = _batched_harness(harness, recorder)
+    kafka = GatedKafkaConsumer()
+
+    assert await consumer._apply_batch(kafka, {PARTITION: [_scored_record(30, "lead-a")]})
+    second = asyncio.create_task(consumer._apply_batch(kafka, {PARTITION: [_scored_record(31, "lead-b")]}))
+    deadline = time.monotonic() + 5
+    while recorder.runs != [["lead-a"], ["lead-b"]]:  # poll: the second batch is applied, the first commit waits
+        assert time.monotonic() < deadline, recorder.runs
+        await asyncio.sleep(0.01)
+    assert kafka.commits == []
+
+    kafka.gate.set()
+    assert await second
+    await consumer._settle_commit()
+    assert kafka.commits == [{PARTITION: 31}, {PARTITION: 32}]
 
 
 async def test_a_failing_run_falls_back_to_one_event_at_a_time_and_only_the_culprit_is_dead_lettered(

@@ -223,6 +223,7 @@ async def test_a_batch_applied_run_by_run_equals_its_events_applied_one_by_one(
     kafka = FakeKafka()
     for fetch in fetches:
         assert await consumer._apply_batch(kafka, fetch)
+    await consumer._settle_commit()
     assert len(kafka.commits) == len(fetches)
 
     for table, order in ((store.lead_cards, "lead_id"), (store.timeline, "id")):
