@@ -35,13 +35,13 @@ from speed.monitor import (  # noqa: E402
     CpuSampler,
     LagSampler,
     Monitor,
+    PipelineWatcher,
     ProcessFinder,
-    RoutedWatcher,
     find_by_cmdline,
     process_tree,
 )
 from speed.phases import Pipeline, http_max_rps, judge, search_max_sustained  # noqa: E402
-from speed.report import rate_table, save, summary_lines  # noqa: E402
+from speed.report import rate_table, save, stage_table, summary_lines  # noqa: E402
 
 from shared.kafka import ensure_topics  # noqa: E402
 from shared.topics import ALL_TOPICS  # noqa: E402
@@ -159,7 +159,7 @@ async def baton(kafka: KafkaBroker, postgres: PostgresServer, monitor: Monitor, 
     """Everything measured against the four services."""
     stack = await start_stack(kafka.bootstrap_servers, postgres, log_dir)
     monitor.cpu.finders.update(cpu_sampler(stack, kafka, postgres).finders)
-    watcher = RoutedWatcher(kafka.bootstrap_servers, monitor.ledger)
+    watcher = PipelineWatcher(kafka.bootstrap_servers, monitor.ledger)
     await watcher.start()
     client = load_client(stack["lead_intake"].url)
     try:
@@ -305,7 +305,8 @@ def main() -> None:
               "sustain_seconds": SUSTAIN_SECONDS, "http_seconds": HTTP_SECONDS, "partitions": PARTITIONS,
               "connections": CONNECTIONS, "reps": len(REPS), "relay_messages": RELAY_MESSAGES}, **result}  # fmt: skip
     result["targets"] = targets(result)
-    print("\n".join([*rate_table([*result["rates"], *result["search"]["steps"]]), "", *summary_lines(result)]))
+    phases = [*result["rates"], *result["search"]["steps"]]
+    print("\n".join([*rate_table(phases), "", *stage_table(phases), "", *summary_lines(result)]))
     json_path, png_path = save(result, ROOT / "var" / "reports", stamp)
     print(f"saved {json_path.relative_to(ROOT)} and {png_path.relative_to(ROOT)}")
 

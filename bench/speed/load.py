@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from shared.topics import LEADS_CAPTURED, LEADS_ROUTED, LEADS_SCORED
 from speed.http import HttpError, RawHttpClient
 
 COUNTRIES = ("US", "DE", "JP", "GB", "FR", "BR", "IN", "CA", "AU", "ES", "NL", "SE")
@@ -54,6 +55,9 @@ class Ledger:
     assigned_ids: dict[str, set[str]] = field(default_factory=dict)
     acked: Counter[str] = field(default_factory=Counter)
     routed: Counter[str] = field(default_factory=Counter)
+    # Per lead and pipeline topic, its first event's (committed, published) wall times in ms: the event's time and
+    # its record's timestamp (set by the relay's producer).
+    stages: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
     def acknowledge(self, lead_id: str, phase: str, at: float) -> None:
         """A 202 for `lead_id`."""
@@ -73,6 +77,14 @@ class Ledger:
         phase = self.phase_of.get(lead_id)
         if phase is not None:
             self.routed[phase] += 1
+
+    def stage(self, lead_id: str, topic: str, committed_ms: float, published_ms: float) -> None:
+        """An event of `lead_id` on a pipeline topic; only the first per topic counts."""
+        self.stages.setdefault(lead_id, {}).setdefault(topic, (committed_ms, published_ms))
+
+    def stages_ms(self, phase: str) -> dict[str, list[float]]:
+        """Where speed to lead went for the routed leads of `phase`: each step's milliseconds, per lead."""
+        return stage_durations([self.stages.get(lead, {}) for lead in self.leads_of(phase)])
 
     def backlog(self, phase: str) -> int:
         """Leads of `phase` acknowledged but not yet seen routed."""
@@ -101,6 +113,32 @@ class Ledger:
             for lead, ids in self.assigned_ids.items()
             if len(ids) > 1 and (phase is None or self.phase_of.get(lead) == phase)
         )
+
+
+# The steps between a lead's capture and its routing decision on Kafka, as (name, from, to): the times are a topic's
+# event committed ("c") or published ("p"), from the event's time and its record's timestamp.
+STAGES = (
+    ("intake relay", (LEADS_CAPTURED, "c"), (LEADS_CAPTURED, "p")),
+    ("scoring", (LEADS_CAPTURED, "p"), (LEADS_SCORED, "c")),
+    ("scoring relay", (LEADS_SCORED, "c"), (LEADS_SCORED, "p")),
+    ("routing", (LEADS_SCORED, "p"), (LEADS_ROUTED, "c")),
+    ("routing relay", (LEADS_ROUTED, "c"), (LEADS_ROUTED, "p")),
+)
+
+
+def stage_durations(leads: list[dict[str, tuple[float, float]]]) -> dict[str, list[float]]:
+    """Each step's milliseconds over the leads seen on all three topics. A consumer step runs from the record's
+    publication to the commit of the event it caused (the wait in Kafka, the fetch and the transaction); a relay
+    step from that commit to the publication."""
+    durations: dict[str, list[float]] = {name: [] for name, _, _ in STAGES}
+    for seen in leads:
+        if not all(topic in seen for topic in (LEADS_CAPTURED, LEADS_SCORED, LEADS_ROUTED)):
+            continue
+        for name, (start_topic, start), (end_topic, end) in STAGES:
+            began = seen[start_topic][0 if start == "c" else 1]
+            ended = seen[end_topic][0 if end == "c" else 1]
+            durations[name].append(ended - began)
+    return durations
 
 
 @dataclass

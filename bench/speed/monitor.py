@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]  # no stubs; make li
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.topics import LEADS_ROUTED
+from shared.topics import LEADS_CAPTURED, LEADS_ROUTED, LEADS_SCORED
 from speed.load import Ledger
 
 ProcessFinder = Callable[[], list[psutil.Process]]
@@ -32,8 +33,9 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: floa
     raise RuntimeError(f"topic {topic} does not exist")
 
 
-class RoutedWatcher:
-    """Reads leads.routed outside any group, from its end as of `start`, and notes when each decision is seen."""
+class PipelineWatcher:
+    """Reads leads.captured, leads.scored and leads.routed outside any group, from their ends as of `start`: notes
+    when each routing decision is seen, and when each lead's events were committed and published."""
 
     def __init__(self, bootstrap_servers: str, ledger: Ledger) -> None:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
@@ -43,7 +45,11 @@ class RoutedWatcher:
     async def start(self) -> None:
         """Position at the end of every partition, then read in the background."""
         await self._consumer.start()
-        partitions = await topic_partitions(self._consumer, LEADS_ROUTED)
+        partitions = [
+            partition
+            for topic in (LEADS_CAPTURED, LEADS_SCORED, LEADS_ROUTED)
+            for partition in await topic_partitions(self._consumer, topic)
+        ]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for partition in partitions:
@@ -56,8 +62,12 @@ class RoutedWatcher:
             seen = time.monotonic()
             for records in batches.values():
                 for record in records:
-                    payload = orjson.loads(record.value)
-                    self._ledger.decision(record.key.decode(), payload["kind"], payload["assignment_id"], seen)
+                    lead_id = record.key.decode()
+                    committed = datetime.fromisoformat(dict(record.headers)["ce_time"].decode()).timestamp() * 1000
+                    self._ledger.stage(lead_id, record.topic, committed, float(record.timestamp))
+                    if record.topic == LEADS_ROUTED:
+                        payload = orjson.loads(record.value)
+                        self._ledger.decision(lead_id, payload["kind"], payload["assignment_id"], seen)
 
     async def stop(self) -> None:
         """Stop reading."""

@@ -121,6 +121,7 @@ class Pipeline:
             "routed": self.ledger.routed[name], "lost": self.ledger.backlog(name),
             "duplicates": self.ledger.duplicates(name),
             "speed_to_lead_ms": percentiles(self.ledger.speeds_ms(name)),
+            "stages_ms": {stage: percentiles(ms) for stage, ms in self.ledger.stages_ms(name).items()},
             "response_ms": percentiles(stats.response_ms),
             "backlog_at_end": backlog_at_end, "backlog_samples": backlogs, "lag_samples": lags,
             "drain_seconds": drained,

@@ -11,6 +11,8 @@ import matplotlib  # type: ignore[import-not-found,unused-ignore]  # make lint r
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
+from speed.load import STAGES
+
 CPU_COLUMNS = ("lead_intake", "scoring", "routing", "feedback", "kafka", "postgres", "bench")
 
 
@@ -34,6 +36,18 @@ def rate_table(phases: list[dict[str, Any]]) -> list[str]:
             f"{_ms(speed['p50']):>7}{_ms(speed['p95']):>7}{_ms(speed['p99']):>7}{_ms(speed['max']):>7}"
             f"{_ms(response['p99']):>7}  " + " ".join(f"{cpu.get(name, 0.0):>7.0f}" for name in CPU_COLUMNS)
         )
+    return lines
+
+
+def stage_table(phases: list[dict[str, Any]]) -> list[str]:
+    """One line per phase: where speed to lead went, p50 and p99 of each step between capture and decision."""
+    stages = [stage for stage, _, _ in STAGES]
+    header = f"{'phase':<14}" + "".join(f"{stage:>22}" for stage in stages)
+    lines = [header, f"{'':<14}" + f"{'p50 / p99 ms':>22}" * len(stages), "-" * len(header)]
+    for phase in phases:
+        found = phase.get("stages_ms", {})
+        cells = [found.get(stage, {"p50": None, "p99": None}) for stage in stages]
+        lines.append(f"{phase['name']:<14}" + "".join(f"{_ms(c['p50']) + ' / ' + _ms(c['p99']):>22}" for c in cells))
     return lines
 
 
