@@ -35,8 +35,9 @@ from speed.monitor import (  # noqa: E402
     CpuSampler,
     LagSampler,
     Monitor,
-    PipelineWatcher,
     ProcessFinder,
+    RoutedWatcher,
+    StageReader,
     find_by_cmdline,
     process_tree,
 )
@@ -159,12 +160,16 @@ async def baton(kafka: KafkaBroker, postgres: PostgresServer, monitor: Monitor, 
     """Everything measured against the four services."""
     stack = await start_stack(kafka.bootstrap_servers, postgres, log_dir)
     monitor.cpu.finders.update(cpu_sampler(stack, kafka, postgres).finders)
-    watcher = PipelineWatcher(kafka.bootstrap_servers, monitor.ledger)
+    watcher = RoutedWatcher(kafka.bootstrap_servers, monitor.ledger)
     await watcher.start()
+    stages = StageReader(kafka.bootstrap_servers, monitor.ledger)
+    await stages.start()
     client = load_client(stack["lead_intake"].url)
     try:
         load = OpenLoop(client, "/v1/leads", stack.headers, connections=CONNECTIONS)
-        pipeline = Pipeline(load, monitor.ledger, monitor, f"r{int(time.time())}", GRACE_SECONDS, DRAIN_SECONDS)
+        pipeline = Pipeline(
+            load, monitor.ledger, monitor, f"r{int(time.time())}", GRACE_SECONDS, DRAIN_SECONDS, stages=stages
+        )
         rates, max_sustained, steps = await pipeline_phases(pipeline)
         # Before intake's own measurement: the leads that one posts stay queued behind the paused consumers.
         scale_out = await scale_out_drains(pipeline, stack, monitor)
@@ -176,6 +181,7 @@ async def baton(kafka: KafkaBroker, postgres: PostgresServer, monitor: Monitor, 
     finally:
         await client.close()
         await watcher.stop()
+        await stages.stop()
         await asyncio.to_thread(stack.stop)
     return {"rates": rates, "search": {"max_sustained": max_sustained, "steps": steps}, "intake_http": intake_http,
             "scale_out": scale_out}  # fmt: skip

@@ -33,9 +33,8 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: floa
     raise RuntimeError(f"topic {topic} does not exist")
 
 
-class PipelineWatcher:
-    """Reads leads.captured, leads.scored and leads.routed outside any group, from their ends as of `start`: notes
-    when each routing decision is seen, and when each lead's events were committed and published."""
+class RoutedWatcher:
+    """Reads leads.routed outside any group, from its end as of `start`, and notes when each decision is seen."""
 
     def __init__(self, bootstrap_servers: str, ledger: Ledger) -> None:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
@@ -45,11 +44,7 @@ class PipelineWatcher:
     async def start(self) -> None:
         """Position at the end of every partition, then read in the background."""
         await self._consumer.start()
-        partitions = [
-            partition
-            for topic in (LEADS_CAPTURED, LEADS_SCORED, LEADS_ROUTED)
-            for partition in await topic_partitions(self._consumer, topic)
-        ]
+        partitions = await topic_partitions(self._consumer, LEADS_ROUTED)
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for partition in partitions:
@@ -62,12 +57,8 @@ class PipelineWatcher:
             seen = time.monotonic()
             for records in batches.values():
                 for record in records:
-                    lead_id = record.key.decode()
-                    committed = datetime.fromisoformat(dict(record.headers)["ce_time"].decode()).timestamp() * 1000
-                    self._ledger.stage(lead_id, record.topic, committed, float(record.timestamp))
-                    if record.topic == LEADS_ROUTED:
-                        payload = orjson.loads(record.value)
-                        self._ledger.decision(lead_id, payload["kind"], payload["assignment_id"], seen)
+                    payload = orjson.loads(record.value)
+                    self._ledger.decision(record.key.decode(), payload["kind"], payload["assignment_id"], seen)
 
     async def stop(self) -> None:
         """Stop reading."""
@@ -75,6 +66,44 @@ class PipelineWatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._consumer.stop()
+
+
+class StageReader:
+    """Reads leads.captured, leads.scored and leads.routed from a moment on, outside any group, and notes when each
+    lead's events were committed (their time) and published (their record's timestamp). Run after a phase, not
+    beside it: decoding three topics would take CPU from the system being measured."""
+
+    def __init__(self, bootstrap_servers: str, ledger: Ledger) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+        self._ledger = ledger
+        self._partitions: list[TopicPartition] = []
+
+    async def start(self) -> None:
+        """Connect and take every partition of the three topics."""
+        await self._consumer.start()
+        for topic in (LEADS_CAPTURED, LEADS_SCORED, LEADS_ROUTED):
+            self._partitions += await topic_partitions(self._consumer, topic)
+        self._consumer.assign(self._partitions)
+
+    async def read_since(self, since_ms: float, timeout: float = 120.0) -> None:
+        """Every record from `since_ms` (epoch ms) to the current ends."""
+        starts = await self._consumer.offsets_for_times({partition: int(since_ms) for partition in self._partitions})
+        ends = await self._consumer.end_offsets(self._partitions)
+        for partition in self._partitions:
+            found = starts.get(partition)
+            self._consumer.seek(partition, found.offset if found is not None else ends[partition])
+        deadline = time.monotonic() + timeout
+        while any([await self._consumer.position(partition) < ends[partition] for partition in self._partitions]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stages not read within {timeout:.0f} s")
+            for records in (await self._consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    committed = datetime.fromisoformat(dict(record.headers)["ce_time"].decode()).timestamp() * 1000
+                    self._ledger.stage(record.key.decode(), record.topic, committed, float(record.timestamp))
+
+    async def stop(self) -> None:
+        """Disconnect."""
         await self._consumer.stop()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from speed.load import Ledger, OpenLoop, PostStats, lead_fields, percentiles
-from speed.monitor import Monitor
+from speed.monitor import Monitor, StageReader
 
 # Sustained = errors under 1 %; the end-to-end backlog and every consumer group's lag small at the end, not growing.
 MAX_ERROR_SHARE = 0.01
@@ -39,6 +39,7 @@ class Pipeline:
     run: str
     grace_seconds: float
     drain_seconds: float
+    stages: StageReader | None = None  # where speed to lead goes, read after each phase
     _next_number: int = 0
 
     def _body(self, number: int) -> bytes:
@@ -49,6 +50,7 @@ class Pipeline:
     ) -> dict[str, Any]:
         """Post leads at `rate` for `seconds`, wait until they are routed (or lost), summarise."""
         self.monitor.phase = name
+        began_ms = time.time() * 1000
         stats = await self.load.run(
             rate=rate, seconds=seconds, body=self._body, should_stop=should_stop,
             on_accept=lambda lead_id, at: self.ledger.acknowledge(lead_id, name, at),
@@ -56,6 +58,8 @@ class Pipeline:
         self._next_number += stats.sent
         backlog_at_end = self.ledger.backlog(name)
         drained = await self._drain(name)
+        if self.stages is not None:
+            await self.stages.read_since(began_ms - 1000)
         summary = self._summary(name, stats, backlog_at_end, drained)
         print(f"{name}: {stats.accepted}/{stats.sent} 202, speed to lead {summary['speed_to_lead_ms']}", flush=True)
         return summary
