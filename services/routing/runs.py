@@ -29,11 +29,6 @@ from shared.uow import Transaction
 log = logging.getLogger(__name__)
 
 
-class CapacityRace(RuntimeError):
-    """A rep's capacity changed between its check and its claim, after other claims of the run were counted: the
-    transaction must roll back (the consumer then applies the run's events one by one)."""
-
-
 async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, now: datetime | None = None) -> None:
     """Route a run of scored leads exactly as `route_scored_lead` would one by one, in order, at `now`."""
     moment = now or utc_now()
@@ -77,16 +72,17 @@ async def _claim_capacity(tx: Transaction, plan: RunPlan, *, now: datetime) -> b
     counts = Counter(decision.rep.rep_id for _, decision in plan.decided if decision.rep is not None)
     if not counts:
         return True
-    if len(counts) > 1:  # so that no claim can fail once another was counted
-        current = await store.lock_loads(tx.session, rep_ids=sorted(counts))
-        if not all(_fits(rep, current, counts[rep_id], now) for rep_id, rep in chosen.items()):
-            return False
-    for position, rep_id in enumerate(sorted(counts)):
-        rep = chosen[rep_id]
-        if not await store.claim_capacity(tx.session, rep, today=rep.local_day(now), count=counts[rep_id]):
-            if position == 0:  # nothing counted yet
-                return False
-            raise CapacityRace(f"rep {rep_id}'s capacity changed while a run of leads was being routed")
+    if len(counts) == 1:  # one compare-and-increment
+        ((rep_id, count),) = counts.items()
+        return await store.claim_capacity(tx.session, chosen[rep_id], today=chosen[rep_id].local_day(now), count=count)
+    # Several reps: their load rows locked and checked first, so that no claim can fail once another was counted;
+    # then every claim in one statement.
+    current = await store.lock_loads(tx.session, rep_ids=sorted(counts))
+    if not all(_fits(rep, current, counts[rep_id], now) for rep_id, rep in chosen.items()):
+        return False
+    await store.count_claims(
+        tx.session, [(rep_id, chosen[rep_id].local_day(now), counts[rep_id]) for rep_id in sorted(counts)]
+    )
     return True
 
 

@@ -358,6 +358,30 @@ async def claim_capacity(session: AsyncSession, rep: Rep, *, today: date, count:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+_COUNT_CLAIMED = (
+    update(rep_loads)
+    .where(rep_loads.c.rep_id == bindparam("claimant"))
+    .values(
+        open_leads=rep_loads.c.open_leads + bindparam("claimed"),
+        new_on_day=case(
+            (rep_loads.c.day == bindparam("claim_day"), rep_loads.c.new_on_day + bindparam("claimed")),
+            else_=bindparam("claimed"),
+        ),
+        day=bindparam("claim_day"),
+    )
+)
+
+
+async def count_claims(session: AsyncSession, claims: Sequence[tuple[str, date, int]]) -> None:
+    """Count each (rep id, their today, leads) claim on the rep's load row in one statement. Only for load rows
+    `lock_loads` locked and found with room: unlike `claim_capacity`, this checks no cap."""
+    if claims:
+        await session.execute(
+            _COUNT_CLAIMED,
+            [{"claimant": rep_id, "claim_day": today.isoformat(), "claimed": count} for rep_id, today, count in claims],
+        )
+
+
 async def lock_loads(session: AsyncSession, *, rep_ids: Sequence[str]) -> dict[str, Load]:
     """The current loads of these reps, their rows locked to commit (in rep id order, as every path takes them), so
     the capacity they have left cannot change before it is claimed. A rep without a load row is absent."""
