@@ -208,7 +208,9 @@ class EventConsumer:
             self._failpoints.hit("consumer.after_commit")
         count_consumed_all(outcomes)
         self._backoff = 0.1
-        await self._commit_behind(consumer, {partition: records[-1].offset + 1 for partition, records in batches.items()})
+        await self._commit_behind(
+            consumer, {partition: records[-1].offset + 1 for partition, records in batches.items()}
+        )
         return True
 
     async def _process_partition(
