@@ -7,10 +7,11 @@ late (topics are not ordered with each other) is stripped before it is stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, select
+from sqlalchemy import Column, MetaData, Select, String, Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import UtcDateTime
@@ -64,6 +65,20 @@ async def mark_erased(session: AsyncSession, metadata: MetaData, *, lead_id: str
         return False
     await session.execute(table.insert().values(lead_id=lead_id, erased_at=utc_now()))
     return True
+
+
+@functools.cache
+def _erased_among(table: Table) -> Select[tuple[str]]:
+    # Built once per service (building a statement costs more than running it).
+    return select(table.c.lead_id).where(table.c.lead_id.in_(bindparam("lead_ids", expanding=True)))
+
+
+async def erased_among(session: AsyncSession, metadata: MetaData, *, lead_ids: Sequence[str]) -> set[str]:
+    """Which of `lead_ids` were erased (so anything personal about them must not be stored)."""
+    if not lead_ids:
+        return set()
+    query = _erased_among(metadata.tables[ERASED_LEADS])
+    return set((await session.scalars(query, {"lead_ids": list(lead_ids)})).all())
 
 
 async def is_erased(session: AsyncSession, metadata: MetaData, *, lead_id: str) -> bool:

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.feedback.aggregates import AMOUNT_METRICS, METRICS, Delta, LeadCard, changes
 from services.feedback.domain import JourneyStep
+from shared import privacy
 from shared.db import Migration, UtcDateTime, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables, scrub
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
@@ -387,10 +388,7 @@ def _step_values(step: JourneyStep) -> dict[str, Any]:
 
 async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set[str]:
     """Which of these leads were erased."""
-    if not lead_ids:
-        return set()
-    erased = metadata.tables[ERASED_LEADS]
-    return set((await session.scalars(select(erased.c.lead_id).where(erased.c.lead_id.in_(lead_ids)))).all())
+    return await privacy.erased_among(session, metadata, lead_ids=lead_ids)
 
 
 async def load_journey(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:

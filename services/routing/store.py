@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.reps import Absence, Load, Rep, WorkingHours, parse_week
+from shared import privacy
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables, strip_personal
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
@@ -267,11 +268,15 @@ async def upsert_rep(session: AsyncSession, *, rep_id: str, values: dict[str, An
 
 async def list_reps(session: AsyncSession, *, team: str | None = None) -> list[dict[str, Any]]:
     """Every rep (of `team`), in id order, with their load."""
-    query = select(reps, rep_loads.c.open_leads, rep_loads.c.day, rep_loads.c.new_on_day, rep_loads.c.sla_misses)
-    query = query.join(rep_loads, rep_loads.c.rep_id == reps.c.rep_id, isouter=True).order_by(reps.c.rep_id)
-    if team is not None:
-        query = query.where(reps.c.team == team)
+    query = _REPS_WITH_LOADS if team is None else _REPS_WITH_LOADS.where(reps.c.team == team)
     return [dict(row) for row in (await session.execute(query)).mappings()]
+
+
+_REPS_WITH_LOADS = (
+    select(reps, rep_loads.c.open_leads, rep_loads.c.day, rep_loads.c.new_on_day, rep_loads.c.sla_misses)
+    .join(rep_loads, rep_loads.c.rep_id == reps.c.rep_id, isouter=True)
+    .order_by(reps.c.rep_id)
+)
 
 
 async def load_rep_row(session: AsyncSession, *, rep_id: str) -> dict[str, Any] | None:
@@ -385,8 +390,16 @@ async def count_claims(session: AsyncSession, claims: Sequence[tuple[str, date, 
 async def lock_loads(session: AsyncSession, *, rep_ids: Sequence[str]) -> dict[str, Load]:
     """The current loads of these reps, their rows locked to commit (in rep id order, as every path takes them), so
     the capacity they have left cannot change before it is claimed. A rep without a load row is absent."""
-    query = select(rep_loads).where(rep_loads.c.rep_id.in_(rep_ids)).order_by(rep_loads.c.rep_id).with_for_update()
-    return {row["rep_id"]: load_from_row(dict(row)) for row in (await session.execute(query)).mappings()}
+    rows = await session.execute(_LOCK_LOADS, {"rep_ids": list(rep_ids)})
+    return {row["rep_id"]: load_from_row(dict(row)) for row in rows.mappings()}
+
+
+_LOCK_LOADS = (
+    select(rep_loads)
+    .where(rep_loads.c.rep_id.in_(bindparam("rep_ids", expanding=True)))
+    .order_by(rep_loads.c.rep_id)
+    .with_for_update()
+)
 
 
 async def release_capacity(session: AsyncSession, *, rep_id: str) -> None:
@@ -472,13 +485,26 @@ async def account_owner(session: AsyncSession, *, domain: str | None) -> str | N
     return result
 
 
+_LOCK_ROTATIONS = (
+    select(rotations.c.pool, rotations.c.weights)
+    .where(rotations.c.pool.in_(bindparam("pools", expanding=True)))
+    .order_by(rotations.c.pool)
+    .with_for_update()
+)
+
+
 async def account_owners(session: AsyncSession, *, domains: Iterable[str | None]) -> dict[str, str]:
     """The rep owning each of these company domains that has one, by lower-cased domain."""
     wanted = sorted({domain.lower() for domain in domains if domain})
     if not wanted:
         return {}
-    rows = await session.execute(select(accounts.c.domain, accounts.c.rep_id).where(accounts.c.domain.in_(wanted)))
+    rows = await session.execute(_ACCOUNT_OWNERS, {"domains": wanted})
     return {domain: rep_id for domain, rep_id in rows.all()}
+
+
+_ACCOUNT_OWNERS = select(accounts.c.domain, accounts.c.rep_id).where(
+    accounts.c.domain.in_(bindparam("domains", expanding=True))
+)
 
 
 # --- policies ------------------------------------------------------------------------------------------------------
@@ -506,8 +532,11 @@ async def load_policy(session: AsyncSession, *, version: int) -> dict[str, Any] 
 
 async def active_policy(session: AsyncSession) -> dict[str, Any] | None:
     """The active policy, or None (then the default policy applies)."""
-    row = (await session.execute(select(policies).where(policies.c.active))).mappings().first()
+    row = (await session.execute(_ACTIVE_POLICY)).mappings().first()
     return dict(row) if row else None
+
+
+_ACTIVE_POLICY = select(policies).where(policies.c.active)
 
 
 async def activate_policy(session: AsyncSession, *, version: int, at: datetime) -> None:
@@ -533,13 +562,8 @@ async def lock_rotations(session: AsyncSession, *, pools: Sequence[str]) -> dict
     """`lock_rotation` for many pools at once (taken in pool order): their round-robin totals, by pool."""
     if not pools:
         return {}
-    statement = (
-        select(rotations.c.pool, rotations.c.weights)
-        .where(rotations.c.pool.in_(pools))
-        .order_by(rotations.c.pool)
-        .with_for_update()
-    )
-    found = {pool: dict(weights or {}) for pool, weights in (await session.execute(statement)).all()}
+    rows = await session.execute(_LOCK_ROTATIONS, {"pools": list(pools)})
+    found = {pool: dict(weights or {}) for pool, weights in rows.all()}
     missing = sorted(set(pools) - set(found))
     if missing:
         await session.execute(rotations.insert(), [{"pool": pool, "weights": {}} for pool in missing])
@@ -554,7 +578,10 @@ async def peek_rotation(session: AsyncSession, *, pool: str) -> dict[str, int]:
 
 async def save_rotation(session: AsyncSession, *, pool: str, weights: dict[str, int], rep_id: str) -> None:
     """Store the pool's round-robin totals after a pick."""
-    await session.execute(update(rotations).where(rotations.c.pool == pool).values(weights=weights, last_rep_id=rep_id))
+    await session.execute(_SAVE_ROTATION, {"rotated_pool": pool, "weights": weights, "last_rep_id": rep_id})
+
+
+_SAVE_ROTATION = update(rotations).where(rotations.c.pool == bindparam("rotated_pool"))
 
 
 # --- assignments ---------------------------------------------------------------------------------------------------
@@ -577,13 +604,16 @@ async def insert_assignment(session: AsyncSession, **values: Any) -> None:
 async def routing_statuses(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, str | None]:
     """The routing status of each of these leads that was routed, their rows locked to commit (in lead id order,
     so two replicas locking overlapping leads never wait on each other in a cycle)."""
-    query = (
-        select(assignments.c.lead_id, assignments.c.status)
-        .where(assignments.c.lead_id.in_(lead_ids))
-        .order_by(assignments.c.lead_id)
-        .with_for_update()
-    )
-    return {lead_id: status for lead_id, status in (await session.execute(query)).all()}
+    rows = await session.execute(_ROUTING_STATUSES, {"lead_ids": list(lead_ids)})
+    return {lead_id: status for lead_id, status in rows.all()}
+
+
+_ROUTING_STATUSES = (
+    select(assignments.c.lead_id, assignments.c.status)
+    .where(assignments.c.lead_id.in_(bindparam("lead_ids", expanding=True)))
+    .order_by(assignments.c.lead_id)
+    .with_for_update()
+)
 
 
 async def insert_assignments(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -630,8 +660,7 @@ async def add_decisions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -
 
 async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set[str]:
     """Which of these leads were erased (anything personal about them must not be stored)."""
-    table = metadata.tables[ERASED_LEADS]
-    return set((await session.scalars(select(table.c.lead_id).where(table.c.lead_id.in_(lead_ids)))).all())
+    return await privacy.erased_among(session, metadata, lead_ids=lead_ids)
 
 
 async def lead_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     delete,
     func,
     select,
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.learning import Weights
 from services.scoring.rules import Touch
+from shared import privacy
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
@@ -179,8 +181,13 @@ async def load_score(session: AsyncSession, *, lead_id: str) -> dict[str, Any] |
 
 async def current_verdicts(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, str]:
     """The current verdict of each of `lead_ids` that has a score."""
-    query = select(scores.c.lead_id, scores.c.verdict).where(scores.c.lead_id.in_(lead_ids))
-    return {lead_id: verdict for lead_id, verdict in await session.execute(query)}
+    return {lead_id: verdict for lead_id, verdict in await session.execute(_VERDICTS, {"lead_ids": list(lead_ids)})}
+
+
+# Statements of the scoring path, built once (building one costs more than running it).
+_VERDICTS = select(scores.c.lead_id, scores.c.verdict).where(
+    scores.c.lead_id.in_(bindparam("lead_ids", expanding=True))
+)
 
 
 async def recent_scores(session: AsyncSession, *, limit: int) -> list[dict[str, Any]]:
@@ -219,9 +226,11 @@ async def load_model(session: AsyncSession, *, version: int) -> dict[str, Any] |
 
 async def active_model(session: AsyncSession) -> dict[str, Any] | None:
     """The model in force, if one was activated."""
-    query = select(scoring_models).where(scoring_models.c.status == "active")
-    row = (await session.execute(query)).mappings().first()
+    row = (await session.execute(_ACTIVE_MODEL)).mappings().first()
     return dict(row) if row else None
+
+
+_ACTIVE_MODEL = select(scoring_models).where(scoring_models.c.status == "active")
 
 
 async def activate_model(session: AsyncSession, *, version: int, at: datetime) -> None:
@@ -297,21 +306,22 @@ async def load_touches(session: AsyncSession, *, lead_id: str) -> list[Touch]:
 
 async def load_touches_of(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, list[Touch]]:
     """Everything each of `lead_ids` did, oldest first (leads that did nothing are left out)."""
-    query = (
-        select(touches.c.lead_id, touches.c.kind, touches.c.at)
-        .where(touches.c.lead_id.in_(lead_ids))
-        .order_by(touches.c.at)
-    )
     done: dict[str, list[Touch]] = {}
-    for lead_id, kind, at in await session.execute(query):
+    for lead_id, kind, at in await session.execute(_TOUCHES_OF, {"lead_ids": list(lead_ids)}):
         done.setdefault(lead_id, []).append(Touch(kind=kind, at=at))
     return done
 
 
+_TOUCHES_OF = (
+    select(touches.c.lead_id, touches.c.kind, touches.c.at)
+    .where(touches.c.lead_id.in_(bindparam("lead_ids", expanding=True)))
+    .order_by(touches.c.at)
+)
+
+
 async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set[str]:
     """Which of `lead_ids` were erased (so anything personal about them must not be stored)."""
-    erased = metadata.tables[ERASED_LEADS]
-    return set((await session.scalars(select(erased.c.lead_id).where(erased.c.lead_id.in_(lead_ids)))).all())
+    return await privacy.erased_among(session, metadata, lead_ids=lead_ids)
 
 
 # --- the learned model -------------------------------------------------------------------------------------------
@@ -319,14 +329,18 @@ async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set
 
 async def load_weights(session: AsyncSession, *, tokens: list[str]) -> Weights:
     """The learned model, restricted to `tokens` (all a prediction or an update needs)."""
-    state = (await session.execute(select(learned_state).where(learned_state.c.id == 1))).mappings().one()
+    state = (await session.execute(_LEARNED_STATE)).mappings().one()
     model = Weights(bias=state["bias"], bias_accumulated=state["bias_accumulated"], outcomes=state["outcomes"])
     if tokens and model.outcomes:
-        rows = await session.execute(select(learned_weights).where(learned_weights.c.token.in_(tokens)))
+        rows = await session.execute(_LEARNED_WEIGHTS, {"tokens": tokens})
         for token, weight, accumulated in rows:
             model.weights[token] = weight
             model.accumulated[token] = accumulated
     return model
+
+
+_LEARNED_STATE = select(learned_state).where(learned_state.c.id == 1)
+_LEARNED_WEIGHTS = select(learned_weights).where(learned_weights.c.token.in_(bindparam("tokens", expanding=True)))
 
 
 async def lock_learned_state(session: AsyncSession) -> None:
@@ -376,13 +390,8 @@ async def take_pending_outcomes(
     session: AsyncSession, *, lead_ids: Sequence[str]
 ) -> dict[str, list[tuple[str, datetime]]]:
     """Remove and return the outcomes held for each of `lead_ids`, oldest first (leads with none are left out)."""
-    query = (
-        select(pending_outcomes.c.lead_id, pending_outcomes.c.kind, pending_outcomes.c.occurred_at)
-        .where(pending_outcomes.c.lead_id.in_(lead_ids))
-        .order_by(pending_outcomes.c.id)
-    )
     held: dict[str, list[tuple[str, datetime]]] = {}
-    for lead_id, kind, occurred_at in await session.execute(query):
+    for lead_id, kind, occurred_at in await session.execute(_HELD_OUTCOMES, {"lead_ids": list(lead_ids)}):
         held.setdefault(lead_id, []).append((kind, occurred_at))
     if held:
         await session.execute(delete(pending_outcomes).where(pending_outcomes.c.lead_id.in_(list(held))))
@@ -422,6 +431,13 @@ async def load_job(session: AsyncSession, *, job_id: str) -> dict[str, Any] | No
 
 
 # --- upserts -----------------------------------------------------------------------------------------------------
+
+
+_HELD_OUTCOMES = (
+    select(pending_outcomes.c.lead_id, pending_outcomes.c.kind, pending_outcomes.c.occurred_at)
+    .where(pending_outcomes.c.lead_id.in_(bindparam("lead_ids", expanding=True)))
+    .order_by(pending_outcomes.c.id)
+)
 
 
 @functools.cache
