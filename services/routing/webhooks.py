@@ -77,13 +77,15 @@ async def enqueue_deliveries(session: AsyncSession, event: CloudEvent, routed: L
     await enqueue_all_deliveries(session, [(event, routed)])
 
 
+_ACTIVE_SUBSCRIPTIONS = select(subscriptions).where(subscriptions.c.active).order_by(subscriptions.c.subscription_id)
+
+
 async def enqueue_all_deliveries(session: AsyncSession, published: Sequence[tuple[CloudEvent, LeadRoutedV1]]) -> None:
     """Queue a delivery of each event to every subscription that wants it, in the caller's transaction (the
     subscriptions are read once and the deliveries written with one statement, however many events)."""
     if not published:
         return
-    query = select(subscriptions).where(subscriptions.c.active).order_by(subscriptions.c.subscription_id)
-    active = [dict(row) for row in (await session.execute(query)).mappings()]
+    active = [dict(row) for row in (await session.execute(_ACTIVE_SUBSCRIPTIONS)).mappings()]
     now = utc_now()
     rows = [
         {
