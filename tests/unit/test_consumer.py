@@ -309,9 +309,9 @@ async def test_the_next_batch_is_applied_while_the_last_ones_offsets_are_committ
     assert await consumer._apply_batch(kafka, {PARTITION: [_scored_record(30, "lead-a")]})
     second = asyncio.create_task(consumer._apply_batch(kafka, {PARTITION: [_scored_record(31, "lead-b")]}))
     deadline = time.monotonic() + 5
-    while recorder.runs != [["lead-a"], ["lead-b"]]:  # poll: the second batch is applied, the first commit waits
+    while recorder.runs != [["lead-a"], ["lead-b"]]:  # until the second batch is applied; the first commit waits
         assert time.monotonic() < deadline, recorder.runs
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # poll
     assert kafka.commits == []
 
     kafka.gate.set()
