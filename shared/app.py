@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -30,6 +31,8 @@ def build_app(
         await runtime.start()
         if on_started is not None:
             on_started(app, runtime)
+        if getattr(app.state, "freeze_heap_when_started", False):
+            freeze_heap()
         try:
             yield
         finally:
@@ -47,6 +50,14 @@ def build_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def freeze_heap() -> None:
+    """Leave what start-up made (modules, schemas, tables, pools, clients: most of the heap) out of the collector's
+    full passes, which walk every tracked object: with it, one stalled a service 100 to 250 ms a few times a minute
+    under load, delaying every lead in flight. What start-up made lives as long as the process."""
+    gc.collect()
+    gc.freeze()
 
 
 def _health_router() -> APIRouter:
