@@ -76,6 +76,7 @@ class EventConsumer:
         stall_seconds: float = 30.0,
         fetch_max_wait_ms: int = 50,
         fetch_min_bytes: int = 1,
+        commit_interval_seconds: float = 0.2,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._security = security
@@ -95,7 +96,12 @@ class EventConsumer:
         self._stall_seconds = stall_seconds
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._fetch_min_bytes = fetch_min_bytes
+        # Offsets of applied batches, committed at most every interval by one task at a time (see _commit_behind).
+        self._commit_interval = commit_interval_seconds
+        self._uncommitted: dict[TopicPartition, int] = {}
         self._committing: asyncio.Task[None] | None = None
+        self._commit_at_once = asyncio.Event()
+        self._last_commit = 0.0
 
     def stop(self) -> None:
         """Ask the loop to end at its next step (cancellation alone can be swallowed by wait_for on 3.11)."""
@@ -304,17 +310,34 @@ class EventConsumer:
             await self._commit_now(consumer, {partition: offset})
 
     async def _commit_behind(self, consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit a batch's `offsets` while the next batch is fetched and applied, keeping the commit's round trip
-        off the next events' path. One commit is in flight at a time, so they land in order. A crash before it
-        lands only redelivers events already applied, which the inbox absorbs."""
-        await self._settle_commit()
-        self._committing = asyncio.create_task(self._commit_now(consumer, dict(offsets)))
+        """Commit a batch's `offsets` in the background, keeping the commit's round trip off the next events' path,
+        and at most once per interval: under load a consumer applies tens of batches a second, and each commit is
+        a write to the broker's offsets log, so the batches of an interval share one (with their latest offsets).
+        One task commits at a time, so commits land in order. A crash before one lands only redelivers events
+        already applied, which the inbox absorbs."""
+        self._uncommitted.update(offsets)
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit_uncommitted(consumer))
+
+    async def _commit_uncommitted(self, consumer: AIOKafkaConsumer) -> None:
+        while self._uncommitted:
+            due_in = self._last_commit + self._commit_interval - time.monotonic()
+            if due_in > 0 and not self._commit_at_once.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._commit_at_once.wait(), due_in)
+            offsets, self._uncommitted = self._uncommitted, {}
+            self._last_commit = time.monotonic()
+            await self._commit_now(consumer, offsets)
 
     async def _settle_commit(self) -> None:
-        """Wait for the commit in flight, if any (it logs its own failure and never raises one)."""
+        """Commit what waits for its interval at once, and wait for it (a failed commit is logged, never raised)."""
         committing, self._committing = self._committing, None
         if committing is not None:
-            await committing
+            self._commit_at_once.set()
+            try:
+                await committing
+            finally:
+                self._commit_at_once.clear()
 
     async def _commit_now(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         partition = ", ".join(str(tp) for tp in offsets)

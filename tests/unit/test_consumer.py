@@ -320,6 +320,36 @@ async def test_the_next_batch_is_applied_while_the_last_ones_offsets_are_committ
     assert kafka.commits == [{PARTITION: 31}, {PARTITION: 32}]
 
 
+async def test_batches_applied_within_the_commit_interval_share_one_commit_of_their_latest_offsets(
+    harness: Harness,
+) -> None:
+    recorder = RunRecorder()
+    consumer = _batched_harness(harness, recorder)
+    consumer._commit_interval = 60.0
+
+    for offset in (40, 41, 42):
+        assert await consumer._apply_batch(harness.kafka, {PARTITION: [_scored_record(offset, f"lead-{offset}")]})
+    assert harness.kafka.commits == [{PARTITION: 41}]  # the first at once, the next wait for the interval
+
+    await consumer._settle_commit()  # e.g. at shutdown: what waits is committed at once
+    assert harness.kafka.commits == [{PARTITION: 41}, {PARTITION: 43}]
+
+
+async def test_what_waits_for_the_commit_interval_is_committed_when_it_ends_without_another_batch(
+    harness: Harness,
+) -> None:
+    consumer = _batched_harness(harness, RunRecorder())
+    consumer._commit_interval = 0.05
+
+    for offset in (50, 51):
+        assert await consumer._apply_batch(harness.kafka, {PARTITION: [_scored_record(offset, f"lead-{offset}")]})
+    deadline = time.monotonic() + 5
+    while harness.kafka.commits[-1:] != [{PARTITION: 52}]:
+        assert time.monotonic() < deadline, harness.kafka.commits
+        await asyncio.sleep(0.01)  # poll
+    assert harness.kafka.commits == [{PARTITION: 51}, {PARTITION: 52}]
+
+
 async def test_a_failing_run_falls_back_to_one_event_at_a_time_and_only_the_culprit_is_dead_lettered(
     harness: Harness,
 ) -> None:
