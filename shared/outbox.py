@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 
 from sqlalchemy import MetaData, Row, Table, Update, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -51,6 +52,9 @@ class OutboxRelay:
         self._stopping = False
         self._failpoints = failpoints or Failpoints()
         self._claim = _claim_statement(self._outbox, self._lock_key, batch_size, is_postgres(engine))
+        # What this process's writers NOTIFY with: they wake this relay in process already (`wake`), so their
+        # notifications would only make it claim again, and find nothing (three round trips per commit).
+        self.notify_origin = secrets.token_hex(8)
 
     def stop(self) -> None:
         """Ask the loop to end at its next step."""
@@ -89,13 +93,18 @@ class OutboxRelay:
                     assert raw is not None
                     closed = asyncio.Event()
                     raw.add_termination_listener(lambda *_, closed=closed: closed.set())
-                    await raw.add_listener(channel, lambda *_: self._wakeup.set())
+                    await raw.add_listener(channel, self._on_notify)
                     await closed.wait()  # until the connection dies; the relay cancels this task when it stops
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.info("outbox listener reconnecting: %r", exc)
                 await asyncio.sleep(1.0)  # poll: retry the LISTEN connection
+
+    def _on_notify(self, _connection: object, _pid: int, _channel: str, origin: str) -> None:
+        """Rows committed in another process (a replica, a tool), or before this relay started listening."""
+        if origin != self.notify_origin:
+            self._wakeup.set()
 
     async def _relay(self) -> None:
         backoff = 0.1

@@ -87,7 +87,12 @@ class ServiceRuntime:
         )
         source = f"/baton/{settings.service_name}"
         self._uow = UnitOfWork(
-            sessions, self._metadata, source=source, on_emit=self.relay.wake, notify_channel=self.relay.notify_channel
+            sessions,
+            self._metadata,
+            source=source,
+            on_emit=self.relay.wake,
+            notify_channel=self.relay.notify_channel,
+            notify_origin=self.relay.notify_origin,
         )
         self._spawn(self.relay.run, "outbox-relay")
         if self._consumes:

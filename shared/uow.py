@@ -99,11 +99,14 @@ class UnitOfWork:
         source: str,
         on_emit: Callable[[], None] = lambda: None,
         notify_channel: str | None = None,
+        notify_origin: str = "",
     ) -> None:
         self._sessions = sessions
         # PostgreSQL: a commit that emitted events also NOTIFYs this channel, waking the relay of whichever
         # replica holds the outbox turn (the in-process `on_emit` only wakes this process's relay).
         self._notify_channel = notify_channel
+        # The payload of those notifications: the relay of this process ignores its own (`on_emit` woke it).
+        self._notify_origin = notify_origin
         self._outbox = metadata.tables[OUTBOX]
         self._inbox = metadata.tables[INBOX]
         self._source = source
@@ -123,8 +126,9 @@ class UnitOfWork:
         dialect = session.get_bind().dialect.name
         if dialect not in self._statements:
             self._statements[dialect] = MessagingStatements.build(
-                self._outbox, self._inbox, postgres=dialect == "postgresql", notify_channel=self._notify_channel
-            )
+                self._outbox, self._inbox, postgres=dialect == "postgresql",
+                notify_channel=self._notify_channel, notify_origin=self._notify_origin,
+            )  # fmt: skip
         return self._statements[dialect]
 
     @asynccontextmanager
@@ -146,7 +150,9 @@ class MessagingStatements:
     record_consumed: Executable
 
     @classmethod
-    def build(cls, outbox: Table, inbox: Table, *, postgres: bool, notify_channel: str | None) -> MessagingStatements:
+    def build(
+        cls, outbox: Table, inbox: Table, *, postgres: bool, notify_channel: str | None, notify_origin: str = ""
+    ) -> MessagingStatements:
         if not postgres:
             return cls(
                 queue_events=outbox.insert(),
@@ -162,10 +168,10 @@ class MessagingStatements:
             "AS queued(event_id, topic, message_key, value, headers, created_at, position) ORDER BY position"
         )
         if notify_channel is not None:
-            queue = f"WITH queued_events AS ({queue}) SELECT pg_notify(:channel, '')"
+            queue = f"WITH queued_events AS ({queue}) SELECT pg_notify(:channel, :origin)"
         queue_events = text(queue)
         if notify_channel is not None:
-            queue_events = queue_events.bindparams(channel=notify_channel)
+            queue_events = queue_events.bindparams(channel=notify_channel, origin=notify_origin)
         record = text(
             f"INSERT INTO {inbox.name} (event_id, topic, processed_at) "
             "SELECT * FROM unnest(CAST(:event_id AS varchar[]), CAST(:topic AS varchar[]), "

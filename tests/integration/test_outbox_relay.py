@@ -117,6 +117,37 @@ async def test_a_commit_in_another_process_wakes_the_relay_at_once_through_notif
         await publisher.close()
 
 
+async def test_a_commit_notifies_with_its_process_origin_and_that_process_relay_ignores_it(
+    engine: AsyncEngine, kafka: KafkaBroker
+) -> None:
+    """The committing process wakes its own relay in process; its NOTIFY is for the other replicas, and would only
+    make its own relay claim again and find nothing."""
+    relay = relay_for(engine, kafka.bootstrap_servers)
+    same_process = UnitOfWork(make_sessions(engine), metadata, source="/baton/test", on_emit=relay.wake,
+                              notify_channel=relay.notify_channel, notify_origin=relay.notify_origin)  # fmt: skip
+    channel = relay.notify_channel
+    assert channel is not None
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        async with engine.connect() as listening:
+            raw = (await listening.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.add_listener(channel, lambda *notification: heard.put_nowait(notification[3]))
+            async with same_process.transaction() as tx:
+                await tx.emit(LeadCapturedV1(lead_id="lead-origin", email="ada@acme.example", captured_at=utc_now()))
+            origin = await asyncio.wait_for(heard.get(), 10)
+        assert origin == relay.notify_origin
+        assert relay._wakeup.is_set()  # by the commit, in process
+        relay._wakeup.clear()
+
+        relay._on_notify(raw, 0, channel, origin)
+        assert not relay._wakeup.is_set()
+        relay._on_notify(raw, 0, channel, "another-replica")
+        assert relay._wakeup.is_set()
+    finally:
+        await relay._publisher.close()
+
+
 def _has(key: bytes) -> Callable[[list[Any]], bool]:
     return lambda seen: any(record.key == key for record in seen)
 
