@@ -56,12 +56,10 @@ async def on_leads_captured(tx: Transaction, run: Sequence[LeadCapturedV1], *, n
     if not lead_ids:
         return
     now = now or utc_now()
-    erased = await store.erased_among(tx.session, lead_ids=lead_ids)
-    done_before = await store.load_touches_of(tx.session, lead_ids=lead_ids)
-    verdicts = await store.current_verdicts(tx.session, lead_ids=lead_ids)
-    held = await store.take_pending_outcomes(tx.session, lead_ids=lead_ids)
+    known = await store.known_about(tx.session, lead_ids=lead_ids)
+    verdicts, held = known.verdicts, known.held
     version, model = await _model_in_force(tx)
-    captures = fold_captures(run, erased=erased, touches=done_before)
+    captures = fold_captures(run, erased=known.erased, touches=known.touches)
     for part in until_each_learner(captures, learners=held):
         xs = [features(capture.facts, capture.touches) for capture in part]
         learned = await store.load_weights(tx.session, tokens=sorted({token for x in xs for token in x}))

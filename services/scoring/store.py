@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    CompoundSelect,
     Float,
     Index,
     Integer,
@@ -21,7 +23,10 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal_column,
+    null,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,7 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.learning import Weights
 from services.scoring.rules import Touch
-from shared import privacy
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
@@ -179,17 +183,6 @@ async def load_score(session: AsyncSession, *, lead_id: str) -> dict[str, Any] |
     return dict(row) if row else None
 
 
-async def current_verdicts(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, str]:
-    """The current verdict of each of `lead_ids` that has a score."""
-    return {lead_id: verdict for lead_id, verdict in await session.execute(_VERDICTS, {"lead_ids": list(lead_ids)})}
-
-
-# Statements of the scoring path, built once: building one takes about half the CPU of running it.
-_VERDICTS = select(scores.c.lead_id, scores.c.verdict).where(
-    scores.c.lead_id.in_(bindparam("lead_ids", expanding=True))
-)
-
-
 async def recent_scores(session: AsyncSession, *, limit: int) -> list[dict[str, Any]]:
     """The scores of the most recently captured leads."""
     query = (
@@ -304,24 +297,61 @@ async def load_touches(session: AsyncSession, *, lead_id: str) -> list[Touch]:
     return [Touch(kind=kind, at=at) for kind, at in await session.execute(query)]
 
 
-async def load_touches_of(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, list[Touch]]:
-    """Everything each of `lead_ids` did, oldest first (leads that did nothing are left out)."""
-    done: dict[str, list[Touch]] = {}
-    for lead_id, kind, at in await session.execute(_TOUCHES_OF, {"lead_ids": list(lead_ids)}):
-        done.setdefault(lead_id, []).append(Touch(kind=kind, at=at))
-    return done
+@dataclass(frozen=True)
+class Known:
+    """What scoring already holds about a run's leads: which were erased, what each did (oldest first), their current
+    verdicts and the outcomes held for them (oldest first). Leads without any are left out."""
+
+    erased: set[str]
+    touches: dict[str, list[Touch]]
+    verdicts: dict[str, str]
+    held: dict[str, list[tuple[str, datetime]]]
 
 
-_TOUCHES_OF = (
-    select(touches.c.lead_id, touches.c.kind, touches.c.at)
-    .where(touches.c.lead_id.in_(bindparam("lead_ids", expanding=True)))
-    .order_by(touches.c.at)
-)
+async def known_about(session: AsyncSession, *, lead_ids: Sequence[str]) -> Known:
+    """Read what scoring holds about `lead_ids` in one statement (four before: a round trip each on every run), and
+    take the outcomes held for them (they are removed: the caller learns from them now)."""
+    known = Known(erased=set(), touches={}, verdicts={}, held={})
+    if not lead_ids:
+        return known
+    touched: dict[str, list[tuple[datetime, int, str]]] = {}
+    held: dict[str, list[tuple[int, str, datetime]]] = {}
+    for fact, lead_id, detail, at, position in await session.execute(_KNOWN, {"lead_ids": list(lead_ids)}):
+        if fact == "touch":
+            touched.setdefault(lead_id, []).append((at, position, detail))
+        elif fact == "held":
+            held.setdefault(lead_id, []).append((position, detail, at))
+        elif fact == "verdict":
+            known.verdicts[lead_id] = detail
+        else:
+            known.erased.add(lead_id)
+    for lead_id, done in touched.items():
+        known.touches[lead_id] = [Touch(kind=kind, at=at) for at, _, kind in sorted(done)]
+    for lead_id, outcomes in held.items():
+        known.held[lead_id] = [(kind, occurred_at) for _, kind, occurred_at in sorted(outcomes)]
+    if known.held:
+        await session.execute(delete(pending_outcomes).where(pending_outcomes.c.lead_id.in_(list(known.held))))
+    return known
 
 
-async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set[str]:
-    """Which of `lead_ids` were erased (so anything personal about them must not be stored)."""
-    return await privacy.erased_among(session, metadata, lead_ids=lead_ids)
+def _known_statement() -> CompoundSelect[Any]:
+    # Touches first: a union's columns take their types (UtcDateTime's conversion on SQLite) from its first select.
+    lead_ids = bindparam("lead_ids", type_=String, expanding=True)
+    erased = metadata.tables[ERASED_LEADS]
+    return union_all(
+        select(literal_column("'touch'", String).label("fact"), touches.c.lead_id, touches.c.kind.label("detail"),
+               touches.c.at, touches.c.id.label("position")).where(touches.c.lead_id.in_(lead_ids)),
+        select(literal_column("'held'", String), pending_outcomes.c.lead_id, pending_outcomes.c.kind,
+               pending_outcomes.c.occurred_at, pending_outcomes.c.id).where(pending_outcomes.c.lead_id.in_(lead_ids)),
+        select(literal_column("'verdict'", String), scores.c.lead_id, scores.c.verdict, null(), null())
+        .where(scores.c.lead_id.in_(lead_ids)),
+        select(literal_column("'erased'", String), erased.c.lead_id, null(), null(), null())
+        .where(erased.c.lead_id.in_(lead_ids)),
+    )  # fmt: skip
+
+
+# Built once: building a statement takes about half the CPU of running it.
+_KNOWN = _known_statement()
 
 
 # --- the learned model -------------------------------------------------------------------------------------------
@@ -386,18 +416,6 @@ async def hold_outcome(session: AsyncSession, *, lead_id: str, kind: str, occurr
     await session.execute(pending_outcomes.insert().values(lead_id=lead_id, kind=kind, occurred_at=occurred_at))
 
 
-async def take_pending_outcomes(
-    session: AsyncSession, *, lead_ids: Sequence[str]
-) -> dict[str, list[tuple[str, datetime]]]:
-    """Remove and return the outcomes held for each of `lead_ids`, oldest first (leads with none are left out)."""
-    held: dict[str, list[tuple[str, datetime]]] = {}
-    for lead_id, kind, occurred_at in await session.execute(_HELD_OUTCOMES, {"lead_ids": list(lead_ids)}):
-        held.setdefault(lead_id, []).append((kind, occurred_at))
-    if held:
-        await session.execute(delete(pending_outcomes).where(pending_outcomes.c.lead_id.in_(list(held))))
-    return held
-
-
 # --- re-score jobs -----------------------------------------------------------------------------------------------
 
 
@@ -431,13 +449,6 @@ async def load_job(session: AsyncSession, *, job_id: str) -> dict[str, Any] | No
 
 
 # --- upserts -----------------------------------------------------------------------------------------------------
-
-
-_HELD_OUTCOMES = (
-    select(pending_outcomes.c.lead_id, pending_outcomes.c.kind, pending_outcomes.c.occurred_at)
-    .where(pending_outcomes.c.lead_id.in_(bindparam("lead_ids", expanding=True)))
-    .order_by(pending_outcomes.c.id)
-)
 
 
 @functools.cache
