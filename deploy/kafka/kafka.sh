@@ -120,11 +120,6 @@ group.initial.rebalance.delay.ms=0
 # after a SIGKILL the restarted broker cannot register until its old session expires (default 9 s)
 broker.session.timeout.ms=3000
 broker.heartbeat.interval.ms=1000
-# one broker for a few local clients, sharing a small machine with them: fewer threads than a server's
-# defaults (3 network, 8 request, 10 background) switch less (at 100 leads/s its CPU fell from 36 to 33 %)
-num.network.threads=1
-num.io.threads=2
-background.threads=2
 EOF
   security_config >>"$DATA/server.properties"
 }
