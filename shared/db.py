@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import zlib
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Column,
     Connection,
     DateTime,
@@ -19,11 +21,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    TextClause,
     event,
     inspect,
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -49,6 +53,63 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# --- many rows as one array per column (PostgreSQL) ---------------------------------------------------------------
+# An executemany binds and executes a row at a time, in the driver and in the server; `unnest` of one array per
+# column is one parameter set and one execution for any number of rows.
+
+_POSTGRES = PGDialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves its constructor unannotated
+
+
+def unnest_insert(table: Table, columns: Sequence[str]) -> TextClause:
+    """PostgreSQL: insert the rows given by `column_arrays(table, rows, columns)`, in their order."""
+    names = ", ".join(columns)
+    return text(
+        f"INSERT INTO {table.name} ({names}) SELECT {_given(table, columns)} FROM unnest({_arrays(table, columns)}) "
+        f"WITH ORDINALITY AS given({names}, position) ORDER BY position"
+    )
+
+
+def unnest_update(table: Table, key: str, columns: Sequence[str]) -> TextClause:
+    """PostgreSQL: set `columns` of the rows whose `key` is given, from `column_arrays(table, rows, [key, *columns])`
+    (one row per key)."""
+    names = [key, *columns]
+    selected = ", ".join(f"{name} = given_row.{name}" for name in columns)
+    return text(
+        f"UPDATE {table.name} SET {selected} FROM (SELECT {_given(table, names)} FROM unnest({_arrays(table, names)}) "
+        f"AS given({', '.join(names)})) AS given_row WHERE {table.name}.{key} = given_row.{key}"
+    )
+
+
+def column_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
+    """The parameters of an `unnest_insert` or `unnest_update`: one list per column, converted as the column's type
+    would convert each value (JSON serialized, instants in UTC)."""
+    arrays: dict[str, list[Any]] = {}
+    for name in columns:
+        column_type = table.c[name].type
+        values = [row[name] for row in rows]
+        if isinstance(column_type, JSON):
+            values = [None if value is None else json.dumps(value) for value in values]
+        elif isinstance(column_type, UtcDateTime):
+            values = [column_type.process_bind_param(value, _POSTGRES) for value in values]
+        arrays[name] = values
+    return arrays
+
+
+def _arrays(table: Table, columns: Sequence[str]) -> str:
+    return ", ".join(f"CAST(:{name} AS {_array_type(table, name)})" for name in columns)
+
+
+def _array_type(table: Table, name: str) -> str:
+    column_type = table.c[name].type
+    return "text[]" if isinstance(column_type, JSON) else f"{column_type.compile(dialect=_POSTGRES)}[]"
+
+
+def _given(table: Table, columns: Sequence[str]) -> str:
+    return ", ".join(
+        f"given.{name}::json" if isinstance(table.c[name].type, JSON) else f"given.{name}" for name in columns
+    )
 
 
 def is_postgres(engine: AsyncEngine) -> bool:

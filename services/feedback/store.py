@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.feedback.aggregates import AMOUNT_METRICS, METRICS, Delta, LeadCard, changes
 from services.feedback.domain import JourneyStep
 from shared import privacy
-from shared.db import Migration, UtcDateTime, create_tables
+from shared.db import Migration, UtcDateTime, column_arrays, create_tables, unnest_insert, unnest_update
 from shared.privacy import ERASED_LEADS, add_privacy_tables, scrub
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 
@@ -219,12 +219,28 @@ async def load_cards(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[
 
 
 async def save_cards(session: AsyncSession, *, new: Sequence[LeadCard], changed: Sequence[LeadCard]) -> None:
-    """Store many cards: one insert for the new ones, one executemany update for the changed ones (the report
-    cells are the caller's: see add_changes_to_cells)."""
+    """Store many cards: one insert for the new ones, one update for the changed ones (the report cells are the
+    caller's: see add_changes_to_cells). On PostgreSQL each takes one array per column."""
+    postgres = session.bind.dialect.name == "postgresql"
     if new:
-        await session.execute(lead_cards.insert(), [card_values(card) for card in new])
+        rows = [card_values(card) for card in new]
+        if postgres:
+            await session.execute(_CARD_INSERT, column_arrays(lead_cards, rows, _CARD_COLUMNS))
+        else:
+            await session.execute(lead_cards.insert(), rows)
     if changed:
-        await session.execute(_card_update(), [{**card_values(card), "card_id": card.lead_id} for card in changed])
+        latest = {card.lead_id: card_values(card) for card in changed}  # one row per card: the last change
+        if postgres:
+            await session.execute(_CARD_UPDATE, column_arrays(lead_cards, list(latest.values()), _CARD_COLUMNS))
+        else:
+            await session.execute(
+                _card_update(), [{**values, "card_id": lead_id} for lead_id, values in latest.items()]
+            )
+
+
+_CARD_COLUMNS = tuple(column.name for column in lead_cards.c)
+_CARD_INSERT = unnest_insert(lead_cards, _CARD_COLUMNS)
+_CARD_UPDATE = unnest_update(lead_cards, "lead_id", [name for name in _CARD_COLUMNS if name != "lead_id"])
 
 
 @functools.cache
@@ -379,7 +395,14 @@ async def add_steps(session: AsyncSession, *, steps: Sequence[tuple[str, Journey
     """Append many (event id, step) pairs to their leads' journeys, in order, with one statement."""
     if steps:
         rows = [{"event_id": event_id, **_step_values(step)} for event_id, step in steps]
-        await session.execute(timeline.insert(), rows)
+        if session.bind.dialect.name == "postgresql":  # one array per column
+            await session.execute(_STEP_INSERT, column_arrays(timeline, rows, _STEP_COLUMNS))
+        else:
+            await session.execute(timeline.insert(), rows)
+
+
+_STEP_COLUMNS = ("event_id", *_STEP_FIELDS)
+_STEP_INSERT = unnest_insert(timeline, _STEP_COLUMNS)
 
 
 def _step_values(step: JourneyStep) -> dict[str, Any]:

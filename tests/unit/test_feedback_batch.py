@@ -214,6 +214,15 @@ async def _assert_cells_equal_a_full_scan(uow: UnitOfWork) -> None:
 async def test_a_batch_applied_run_by_run_equals_its_events_applied_one_by_one(
     databases: Databases, seed: int, fetch_size: int
 ) -> None:
+    await check_run_by_run_equals_one_by_one(databases, seed, fetch_size)
+
+
+async def check_run_by_run_equals_one_by_one(
+    databases: Databases, seed: int, fetch_size: int, *, same_database_kind: bool = True
+) -> None:
+    """A random stream of 60 leads' events, fetched `fetch_size` records at a time and applied run by run, stores
+    what applying its events one by one does (also run on PostgreSQL by the integration tests). Report cells are
+    compared between databases of one kind only: PostgreSQL and SQLite round their sums differently."""
     stream = _topic_streams(random.Random(seed), leads=60)
     fetches = _fetches(stream, fetch_size)
     one_by_one, batched = await databases("one_by_one"), await databases("run_by_run")
@@ -238,8 +247,9 @@ async def test_a_batch_applied_run_by_run_equals_its_events_applied_one_by_one(
     assert len(held) == 6 and held == [(row["outcome_id"], row["event"])
                     for row in await _rows(one_by_one, store.pending_outcomes, "received_at")]  # fmt: skip
     for table, key in ((store.report_cells, "day"), (store.report_cells_monthly, "month")):
-        _same_cells(await _rows(batched, table, key, "dimension", "value"),
-                    await _rows(one_by_one, table, key, "dimension", "value"), key)  # fmt: skip
+        if same_database_kind:
+            _same_cells(await _rows(batched, table, key, "dimension", "value"),
+                        await _rows(one_by_one, table, key, "dimension", "value"), key)  # fmt: skip
     await _assert_cells_equal_a_full_scan(batched)
     journeys = await _rows(batched, store.timeline, "id")
     assert {"captured", "merged", "scored", "sla_missed", "reassigned", "outcome_rejected"} <= {
