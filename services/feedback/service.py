@@ -94,7 +94,8 @@ async def close_run(tx: Transaction, run: CardRun) -> None:
 async def record_outcome(uow: UnitOfWork, outcome: OutcomeRecordedV1) -> tuple[str, OutcomeStatus]:
     """An outcome from a sales tool: checked against the lifecycle (409 naming the current state), stored, put on
     the journey and the lead's card, and emitted on `leads.outcomes` — all in one transaction. A repeated
-    external id changes nothing; an outcome for a lead not known yet is kept and applied when it arrives."""
+    external id changes nothing; an outcome for a lead not known yet is applied by the consumer when its event comes
+    back (held until the lead arrives, if it has not yet)."""
     try:
         async with uow.transaction() as tx:
             known = await _known_outcome(tx, outcome)
@@ -131,12 +132,14 @@ async def accept_outcome(tx: Transaction, outcome: OutcomeRecordedV1) -> Outcome
         recorded_at=utc_now(),
     )
     event = await tx.emit(outcome)
+    if card is None:
+        # Not held here: the consumer may be applying the lead's capture right now, and neither transaction would
+        # see the other's part (no card here, no held outcome there), leaving the outcome held for good. The event
+        # comes back on leads.outcomes to the consumer, which applies captures and outcomes one batch after another:
+        # it applies the outcome, or holds it for the capture.
+        return "pending"
     # Our own event comes back on leads.outcomes: the inbox row makes that redelivery a no-op.
     await tx.mark_processed(event.id, topic=LEADS_OUTCOMES)
-    if card is None:
-        await store.hold_outcome(tx.session, outcome_id=outcome.outcome_id, lead_id=outcome.lead_id,
-                                 event=outcome.model_dump(mode="json"), at=utc_now())  # fmt: skip
-        return "pending"
     await store.add_step(tx.session, event_id=event.id, step=outcome_step(outcome))
     return "recorded"
 

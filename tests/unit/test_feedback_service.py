@@ -95,12 +95,28 @@ async def test_own_outcome_coming_back_from_the_topic_is_not_a_second_step(uow: 
 
 async def test_an_outcome_before_its_lead_is_kept_and_applied_when_the_lead_arrives(uow: UnitOfWork) -> None:
     assert await record_outcome(uow, _won("o-1")) == ("o-1", "pending")
+    [echo] = await outbox_events(uow, store.metadata)
+    await _consume(uow, echo)  # back from leads.outcomes before the lead: held
     assert await _steps(uow) == []
     await _captured(uow)
     assert await _steps(uow) == ["captured", "outcome:won"]
     async with uow.read() as session:
         card = await store.load_card(session, lead_id="lead-1")
     assert card is not None and (card.state, card.won_amount) == ("won", Decimal("1200.50"))
+
+
+async def test_an_outcome_recorded_while_its_leads_capture_is_applied_is_applied_when_its_event_comes_back(
+    uow: UnitOfWork,
+) -> None:
+    """The API holds nothing for an unknown lead: a capture applied concurrently would not see the hold, and the
+    outcome would wait forever. Its event comes back to the consumer, after that capture, and is applied then."""
+    assert await record_outcome(uow, _won("o-1")) == ("o-1", "pending")
+    async with uow.read() as session:
+        assert await store.take_pending_outcomes(session, lead_ids=["lead-1"]) == {}
+    await _captured(uow)  # committed after the API looked for the card
+    [echo] = await outbox_events(uow, store.metadata)
+    await _consume(uow, echo)
+    assert await _steps(uow) == ["captured", "outcome:won"]
 
 
 async def test_journey_lists_steps_in_the_order_they_happened(uow: UnitOfWork) -> None:
