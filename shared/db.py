@@ -71,19 +71,8 @@ def unnest_insert(table: Table, columns: Sequence[str]) -> TextClause:
     )
 
 
-def unnest_update(table: Table, key: str, columns: Sequence[str]) -> TextClause:
-    """PostgreSQL: set `columns` of the rows whose `key` is given, from `column_arrays(table, rows, [key, *columns])`
-    (one row per key)."""
-    names = [key, *columns]
-    selected = ", ".join(f"{name} = given_row.{name}" for name in columns)
-    return text(
-        f"UPDATE {table.name} SET {selected} FROM (SELECT {_given(table, names)} FROM unnest({_arrays(table, names)}) "
-        f"AS given({', '.join(names)})) AS given_row WHERE {table.name}.{key} = given_row.{key}"
-    )
-
-
 def column_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
-    """The parameters of an `unnest_insert` or `unnest_update`: one list per column, converted as the column's type
+    """The parameters of an `unnest_insert`: one list per column, converted as the column's type
     would convert each value (JSON serialized, instants in UTC)."""
     arrays: dict[str, list[Any]] = {}
     for name in columns:
