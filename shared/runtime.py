@@ -18,7 +18,7 @@ from shared.db import Migration, PostgresTls, make_engine, make_sessions, migrat
 from shared.failpoints import Failpoints
 from shared.kafka import KafkaPublisher, KafkaSecurity, broker_reachable, ensure_topics
 from shared.metrics import ServiceMetrics, metrics_context
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, notify_channel_for
 from shared.retention import pruner
 from shared.settings import ServiceSettings
 from shared.topics import ALL_TOPICS, dead_letter_topic
@@ -90,9 +90,7 @@ class ServiceRuntime:
             sessions,
             self._metadata,
             source=source,
-            on_emit=self.relay.wake,
-            notify_channel=self.relay.notify_channel,
-            notify_origin=self.relay.notify_origin,
+            hand_over=self.relay.hand_over,
         )
         self._spawn(self.relay.run, "outbox-relay")
         if self._consumes:
@@ -235,11 +233,13 @@ async def standalone_unit_of_work(
     settings: ServiceSettings, *, metadata: MetaData, migrations: Sequence[Migration]
 ) -> AsyncIterator[UnitOfWork]:
     """A unit of work on a service's database for command-line tools; the service's own relay publishes
-    whatever events they leave in the outbox."""
+    whatever events they leave in the outbox (on PostgreSQL their commits NOTIFY it; on SQLite its next idle
+    read finds them)."""
     schema = settings.resolved_database_schema()
     engine = make_engine(settings.resolved_database_url(), schema=schema, tls=PostgresTls.from_settings(settings))
     try:
         await migrate(engine, migrations, schema=schema)
-        yield UnitOfWork(make_sessions(engine), metadata, source=f"/baton/{settings.service_name}")
+        yield UnitOfWork(make_sessions(engine), metadata, source=f"/baton/{settings.service_name}",
+                         notify_channel=notify_channel_for(engine, schema))  # fmt: skip
     finally:
         await engine.dispose()

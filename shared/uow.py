@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.envelope import CloudEvent, utc_now
 from shared.events import EventPayload
+from shared.kafka import OutboundRecord
+from shared.outbox import CommittedEvent
 from shared.tables import INBOX, OUTBOX
 from shared.tracing import trace_headers
 
@@ -26,6 +28,8 @@ class Transaction:
         self.source = source
         self._statements = statements
         self.emitted: list[CloudEvent] = []
+        # The outbox rows written, for the relay of this process once they commit (when it takes them).
+        self.queued: list[CommittedEvent] = []
         # Set by the consumer while a batch handler runs: each lead's trace context, so events emitted for a lead
         # continue the trace of the event that caused them (one handler call serves many traces).
         self.traces_by_lead: dict[str, list[list[str]]] = {}
@@ -49,9 +53,12 @@ class Transaction:
     async def _queue(self, rows: list[dict[str, Any]]) -> None:
         queue = self._statements.queue_events
         if isinstance(queue, TextClause):  # PostgreSQL: one statement of column arrays, whatever the count
-            await self.session.execute(queue, _columns(rows, json_columns=("headers",)))
+            result = await self.session.execute(queue, _columns(rows, json_columns=("headers",)))
         else:
-            await self.session.execute(queue, rows)
+            result = await self.session.execute(queue, rows)
+        if self._statements.returns_row_ids:
+            row_ids: dict[str, int] = {event_id: row_id for event_id, row_id in result.tuples()}
+            self.queued.extend(CommittedEvent(row_ids[row["event_id"]], _record(row)) for row in rows)
 
     def _outbox_row(self, payload: EventPayload, event: CloudEvent) -> dict[str, Any]:
         key, value, headers = event.to_kafka()
@@ -88,8 +95,14 @@ class Transaction:
         return bool(await self.mark_all_processed([(event_id, topic)]))
 
 
+def _record(row: dict[str, Any]) -> OutboundRecord:
+    headers = [(name, value.encode()) for name, value in row["headers"]]
+    return OutboundRecord(topic=row["topic"], key=row["message_key"], value=row["value"], headers=headers)
+
+
 class UnitOfWork:
-    """Opens transactions for a service and wakes the outbox relay after a commit that emitted events."""
+    """Opens transactions for a service and, after a commit that emitted events, hands them to the outbox relay of
+    the process (`hand_over`) or wakes it (`on_emit`, and a NOTIFY for the relay of another process)."""
 
     def __init__(
         self,
@@ -100,8 +113,11 @@ class UnitOfWork:
         on_emit: Callable[[], None] = lambda: None,
         notify_channel: str | None = None,
         notify_origin: str = "",
+        hand_over: Callable[[Sequence[CommittedEvent]], None] | None = None,
     ) -> None:
         self._sessions = sessions
+        # The relay of this process, publishing committed rows from memory: no NOTIFY needed then.
+        self._hand_over = hand_over
         # PostgreSQL: a commit that emitted events also NOTIFYs this channel, waking the relay of whichever
         # replica holds the outbox turn (the in-process `on_emit` only wakes this process's relay).
         self._notify_channel = notify_channel
@@ -119,7 +135,9 @@ class UnitOfWork:
         async with self._sessions() as session, session.begin():
             tx = Transaction(session, source=self._source, statements=self._statements_for(session))
             yield tx
-        if tx.emitted:
+        if tx.queued and self._hand_over is not None:
+            self._hand_over(tx.queued)
+        elif tx.emitted:
             self.on_emit()
 
     def _statements_for(self, session: AsyncSession) -> MessagingStatements:
@@ -127,7 +145,8 @@ class UnitOfWork:
         if dialect not in self._statements:
             self._statements[dialect] = MessagingStatements.build(
                 self._outbox, self._inbox, postgres=dialect == "postgresql",
-                notify_channel=self._notify_channel, notify_origin=self._notify_origin,
+                notify_channel=None if self._hand_over else self._notify_channel, notify_origin=self._notify_origin,
+                returning_row_ids=self._hand_over is not None,
             )  # fmt: skip
         return self._statements[dialect]
 
@@ -144,21 +163,34 @@ class MessagingStatements:
     of running it).
 
     On PostgreSQL each takes one array per column, so a batch of any size is one prepared statement and one round
-    trip; queuing events also NOTIFYs the relays' channel in that same statement (delivered at commit)."""
+    trip; queuing events either returns the rows' ids (for the relay of the process) or NOTIFYs the relays' channel
+    in that same statement (delivered at commit)."""
 
     queue_events: Executable
     record_consumed: Executable
+    returns_row_ids: bool = False
 
     @classmethod
     def build(
-        cls, outbox: Table, inbox: Table, *, postgres: bool, notify_channel: str | None, notify_origin: str = ""
+        cls,
+        outbox: Table,
+        inbox: Table,
+        *,
+        postgres: bool,
+        notify_channel: str | None,
+        notify_origin: str = "",
+        returning_row_ids: bool = False,
     ) -> MessagingStatements:
         if not postgres:
+            queue_sqlite = outbox.insert()
+            if returning_row_ids:
+                queue_sqlite = queue_sqlite.returning(outbox.c.event_id, outbox.c.id)
             return cls(
-                queue_events=outbox.insert(),
+                queue_events=queue_sqlite,
                 record_consumed=sqlite.insert(inbox)
                 .on_conflict_do_nothing(index_elements=[inbox.c.event_id])
                 .returning(inbox.c.event_id),
+                returns_row_ids=returning_row_ids,
             )
         queue = (
             f"INSERT INTO {outbox.name} (event_id, topic, message_key, value, headers, created_at) "
@@ -167,10 +199,12 @@ class MessagingStatements:
             "CAST(:value AS bytea[]), CAST(:headers AS text[]), CAST(:created_at AS timestamptz[])) WITH ORDINALITY "
             "AS queued(event_id, topic, message_key, value, headers, created_at, position) ORDER BY position"
         )
-        if notify_channel is not None:
+        if returning_row_ids:
+            queue = f"{queue} RETURNING event_id, id"
+        elif notify_channel is not None:
             queue = f"WITH queued_events AS ({queue}) SELECT pg_notify(:channel, :origin)"
         queue_events = text(queue)
-        if notify_channel is not None:
+        if notify_channel is not None and not returning_row_ids:
             queue_events = queue_events.bindparams(channel=notify_channel, origin=notify_origin)
         record = text(
             f"INSERT INTO {inbox.name} (event_id, topic, processed_at) "
@@ -178,7 +212,7 @@ class MessagingStatements:
             "CAST(:processed_at AS timestamptz[])) "
             "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
         )
-        return cls(queue_events=queue_events, record_consumed=record)
+        return cls(queue_events=queue_events, record_consumed=record, returns_row_ids=returning_row_ids)
 
 
 def _columns(rows: list[dict[str, Any]], *, json_columns: tuple[str, ...] = ()) -> dict[str, list[Any]]:

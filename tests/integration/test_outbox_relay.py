@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -169,3 +170,61 @@ async def test_while_another_replica_has_its_turn_this_relay_reads_and_publishes
         await relay._publisher.close()
     records = await read_topic(kafka.bootstrap_servers, topic, until=lambda seen: len(seen) >= 3)
     assert len(records) == 3
+
+
+async def test_rows_committed_in_the_relay_process_reach_kafka_from_memory_and_are_marked_sent(
+    engine: AsyncEngine, kafka: KafkaBroker
+) -> None:
+    """No read of the table between a commit and its publication: the relay here reads it once an hour."""
+    publisher = KafkaPublisher(bootstrap_servers=kafka.bootstrap_servers, client_id="test-relay", timeout_seconds=10)
+    relay = OutboxRelay(engine=engine, sessions=make_sessions(engine), metadata=metadata, publisher=publisher,
+                        lock_name="direct", idle_seconds=3600)  # fmt: skip
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test", hand_over=relay.hand_over)
+    running = asyncio.create_task(relay.run())
+    key = f"lead-direct-{uuid.uuid4()}"
+    try:
+        event_ids = []
+        for number in range(3):
+            captured = LeadCapturedV1(lead_id=key, email=f"ada{number}@acme.example", captured_at=utc_now())
+            async with uow.transaction() as tx:
+                event_ids.append((await tx.emit(captured)).id)
+        mine = key.encode()
+        records = await read_topic(kafka.bootstrap_servers, LEADS_CAPTURED, timeout=20,
+                                   until=lambda seen: sum(record.key == mine for record in seen) >= 3)  # fmt: skip
+        assert [header(record, "ce_id") for record in records if record.key == mine] == event_ids
+        deadline = time.monotonic() + 10
+        while await _unsent(engine, event_ids):
+            assert time.monotonic() < deadline, "rows published from memory never marked sent"
+            await asyncio.sleep(0.05)  # poll
+    finally:
+        relay.stop()
+        await asyncio.wait_for(running, 10)
+        await publisher.close()
+
+
+async def _unsent(engine: AsyncEngine, event_ids: list[str]) -> int:
+    outbox = metadata.tables[OUTBOX]
+    async with engine.connect() as connection:
+        unsent = outbox.c.sent_at.is_(None) & outbox.c.event_id.in_(event_ids)
+        return int(await connection.scalar(select(func.count()).select_from(outbox).where(unsent)) or 0)
+
+
+async def test_the_idle_read_leaves_fresh_rows_to_the_replica_that_wrote_them(
+    engine: AsyncEngine, kafka: KafkaBroker
+) -> None:
+    """Another replica publishes its own commits from memory; only rows unsent for the grace (left by a crashed
+    process) are the idle read's to publish."""
+    topic = fresh_topic("grace")
+    ids = await add_outbox_rows(engine, topic, 2)
+    relay = relay_for(engine, kafka.bootstrap_servers)
+    try:
+        assert await relay.publish_pending(unsent_for=timedelta(minutes=1)) == 0
+        outbox = metadata.tables[OUTBOX]
+        async with engine.begin() as connection:
+            left_behind = outbox.update().where(outbox.c.event_id.in_(ids))
+            await connection.execute(left_behind.values(created_at=utc_now() - timedelta(minutes=2)))
+        assert await relay.publish_pending(unsent_for=timedelta(minutes=1)) == 2
+    finally:
+        await relay._publisher.close()
+    records = await read_topic(kafka.bootstrap_servers, topic, until=lambda seen: len(seen) >= 2)
+    assert [header(record, "ce_id") for record in records] == ids

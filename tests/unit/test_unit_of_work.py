@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import make_sessions, migrate
 from shared.events import LeadRoutedV1
+from shared.outbox import CommittedEvent
 from shared.topics import LEADS_ROUTED, LEADS_SCORED
 from shared.uow import UnitOfWork
 from tests.unit.fakes import header, messaging_schema
@@ -123,3 +125,42 @@ async def test_inbox_row_is_rolled_back_with_a_failed_effect(uow: UnitOfWork) ->
         assert await tx.mark_processed("event-1", topic=LEADS_SCORED) is True
     async with uow.read() as session:
         assert await session.scalar(select(func.count()).select_from(INBOX)) == 1
+
+
+class Handed:
+    """What the unit of work hands to the relay of its process."""
+
+    def __init__(self) -> None:
+        self.events: list[CommittedEvent] = []
+
+    def __call__(self, events: Sequence[CommittedEvent]) -> None:
+        self.events.extend(events)
+
+
+async def test_a_commit_hands_its_rows_to_the_relay_with_their_ids_in_order(engine: AsyncEngine) -> None:
+    await migrate(engine, MIGRATIONS, schema="unit")
+    handed, wakes = Handed(), Wakes()
+    uow = UnitOfWork(make_sessions(engine), METADATA, source="/baton/unit", hand_over=handed, on_emit=wakes)
+    async with uow.transaction() as tx:
+        first = await tx.emit(ROUTED)
+        [second, third] = await tx.emit_all([ROUTED.model_copy(update={"assignment_id": f"a-{n}"}) for n in (2, 3)])
+        assert handed.events == []  # not before the commit
+    rows = await _outbox_rows(uow)
+    assert [(event.row_id, header(event.record.headers, "ce_id")) for event in handed.events] == [
+        (row["id"], row["event_id"]) for row in rows
+    ]
+    assert [row["event_id"] for row in rows] == [first.id, second.id, third.id]
+    assert all(event.record.topic == LEADS_ROUTED and event.record.key == b"lead-1" for event in handed.events)
+    assert handed.events[0].record.value == rows[0]["value"]
+    assert wakes.count == 0  # handing over is the wake-up
+
+
+async def test_a_rolled_back_transaction_hands_nothing_over(engine: AsyncEngine) -> None:
+    await migrate(engine, MIGRATIONS, schema="unit")
+    handed = Handed()
+    uow = UnitOfWork(make_sessions(engine), METADATA, source="/baton/unit", hand_over=handed)
+    with pytest.raises(RuntimeError, match="effect failed"):
+        async with uow.transaction() as tx:
+            await tx.emit(ROUTED)
+            raise RuntimeError("effect failed")
+    assert handed.events == []
