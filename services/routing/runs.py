@@ -33,9 +33,8 @@ async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, no
     """Route a run of scored leads exactly as `route_scored_lead` would one by one, in order, at `now`."""
     moment = now or utc_now()
     lead_ids = list(dict.fromkeys(scored.lead_id for scored in run))
-    erased = await store.erased_among(tx.session, lead_ids=lead_ids)
+    erased, statuses = await store.erased_and_statuses(tx.session, lead_ids=lead_ids)
     leads = [strip_personal(lead_view(scored)) if scored.lead_id in erased else lead_view(scored) for scored in run]
-    statuses = await store.routing_statuses(tx.session, lead_ids=lead_ids)
     version, policy = await load_active_policy(tx)
     plan = await _plan(tx, leads, statuses=statuses, policy=policy, now=moment)
     if not await _claim_capacity(tx, plan, now=moment):

@@ -22,14 +22,16 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal_column,
+    null,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.reps import Absence, Load, Rep, WorkingHours, parse_week
-from shared import privacy
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables, strip_personal
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
@@ -601,11 +603,20 @@ async def insert_assignment(session: AsyncSession, **values: Any) -> None:
     await session.execute(assignments.insert().values(**values))
 
 
-async def routing_statuses(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, str | None]:
-    """The routing status of each of these leads that was routed, their rows locked to commit (in lead id order,
-    so two replicas locking overlapping leads never wait on each other in a cycle)."""
-    rows = await session.execute(_ROUTING_STATUSES, {"lead_ids": list(lead_ids)})
-    return {lead_id: status for lead_id, status in rows.all()}
+async def erased_and_statuses(
+    session: AsyncSession, *, lead_ids: Sequence[str]
+) -> tuple[set[str], dict[str, str | None]]:
+    """Which of these leads were erased (anything personal about them must not be stored), and the routing
+    status of those routed, their rows locked to commit (in lead id order, so two replicas locking overlapping
+    leads never wait on each other in a cycle); one round trip."""
+    erased: set[str] = set()
+    statuses: dict[str, str | None] = {}
+    for fact, lead_id, status in await session.execute(_ERASED_AND_STATUSES, {"lead_ids": list(lead_ids)}):
+        if fact == "erased":
+            erased.add(lead_id)
+        else:
+            statuses[lead_id] = status
+    return erased, statuses
 
 
 _ROUTING_STATUSES = (
@@ -613,6 +624,16 @@ _ROUTING_STATUSES = (
     .where(assignments.c.lead_id.in_(bindparam("lead_ids", expanding=True)))
     .order_by(assignments.c.lead_id)
     .with_for_update()
+)
+
+_erased = metadata.tables[ERASED_LEADS]
+# The locking select as a CTE: PostgreSQL takes FOR UPDATE there (not on a UNION), rows in lead id order.
+_LOCKED_STATUSES = _ROUTING_STATUSES.cte("locked_statuses")
+_ERASED_AND_STATUSES = union_all(
+    select(literal_column("'erased'").label("fact"), _erased.c.lead_id, null().label("status")).where(
+        _erased.c.lead_id.in_(bindparam("lead_ids", expanding=True))
+    ),
+    select(literal_column("'status'"), _LOCKED_STATUSES.c.lead_id, _LOCKED_STATUSES.c.status),
 )
 
 
@@ -656,11 +677,6 @@ async def add_decisions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -
     """Append to leads' routing histories, in order, with one statement."""
     if rows:
         await session.execute(decisions.insert(), list(rows))
-
-
-async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set[str]:
-    """Which of these leads were erased (anything personal about them must not be stored)."""
-    return await privacy.erased_among(session, metadata, lead_ids=lead_ids)
 
 
 async def lead_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from services.routing import admin, store
 from services.routing.rules import RoutingPolicy
@@ -21,9 +22,11 @@ from services.routing.service import fire_due_sla_timers, route_scored_lead
 from shared.db import make_engine, make_sessions, migrate
 from shared.events import LeadRoutedV1, LeadScoredV1
 from shared.failures import is_outage
+from shared.privacy import mark_erased
 from shared.uow import UnitOfWork
 
 Replicas = tuple[UnitOfWork, UnitOfWork]
+assignments = store.metadata.tables["assignments"]
 
 
 @pytest.fixture
@@ -128,3 +131,24 @@ async def test_an_sla_timer_fires_once_after_a_restart_with_two_replicas_racing(
     assert sum(fired) == 1
     assert [(event.kind, event.rep_id) for event in events] == [
         ("assigned", "rep-a"), ("sla_breached", "rep-a"), ("reassigned", "rep-b")]  # fmt: skip
+
+
+async def test_a_runs_one_read_finds_erased_leads_and_locks_the_routed_ones(database_url: str, schema: str) -> None:
+    """Erased leads and routing states come in one round trip; the states' rows stay locked to the commit, as a
+    replica routing the same lead meanwhile must wait."""
+    async with _replicas(database_url, schema) as (first, second):
+        await _route(first, _scored("lead-routed"))
+        async with first.transaction() as tx:
+            await mark_erased(tx.session, store.metadata, lead_id="lead-erased")
+        async with first.transaction() as tx:
+            erased, statuses = await store.erased_and_statuses(
+                tx.session, lead_ids=["lead-erased", "lead-routed", "lead-new"]
+            )
+            assert erased == {"lead-erased"}
+            assert set(statuses) == {"lead-routed"}
+            async with second.transaction() as other:
+                await other.session.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                with pytest.raises(DBAPIError, match="lock"):
+                    await other.session.execute(
+                        select(assignments.c.lead_id).where(assignments.c.lead_id == "lead-routed").with_for_update()
+                    )

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
+from sqlalchemy.engine import Engine
 
 from services.routing import admin, store, webhooks
 from services.routing.handlers import HANDLERS
@@ -252,3 +253,22 @@ async def _load(tx: Transaction, load: Load) -> None:
     await tx.session.execute(store.rep_loads.delete().where(store.rep_loads.c.rep_id == "rep-z"))
     await tx.session.execute(store.rep_loads.insert().values(
         rep_id="rep-z", open_leads=load.open_leads, day=day, new_on_day=load.new_on_day, sla_misses=0))  # fmt: skip
+
+
+async def test_a_run_reads_its_leads_erasures_and_routing_states_in_one_statement(tmp_path: Path) -> None:
+    uow = await _staged(tmp_path, "statements")
+    counted: list[str] = []
+
+    def count(*args: Any) -> None:
+        counted.append(args[2])
+
+    event.listen(Engine, "before_cursor_execute", count)  # every engine: the one of this test's database
+    try:
+        async with uow.transaction() as tx:
+            await route_scored_leads(tx, [_scored("erased", country="JP"), _scored("stored-de"), _scored("new")])
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    reads = [statement for statement in counted if "erased_leads" in statement or "FROM assignments" in statement]
+    assert len(reads) == 1, reads
+    statements = [statement for statement in counted if not statement.startswith(("BEGIN", "COMMIT"))]
+    assert len(statements) <= 14, statements  # 15 before the two reads were one
