@@ -33,10 +33,11 @@ async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, no
     """Route a run of scored leads exactly as `route_scored_lead` would one by one, in order, at `now`."""
     moment = now or utc_now()
     lead_ids = list(dict.fromkeys(scored.lead_id for scored in run))
-    erased, statuses = await store.erased_and_statuses(tx.session, lead_ids=lead_ids)
-    leads = [strip_personal(lead_view(scored)) if scored.lead_id in erased else lead_view(scored) for scored in run]
+    views = [lead_view(scored) for scored in run]
+    known = await store.read_run_leads(tx.session, lead_ids=lead_ids, domains=[v.get("company_domain") for v in views])
+    leads = [strip_personal(view) if view["lead_id"] in known.erased else view for view in views]
     version, policy = await load_active_policy(tx)
-    plan = await _plan(tx, leads, statuses=statuses, policy=policy, now=moment)
+    plan = await _plan(tx, leads, known=known, policy=policy, now=moment)
     if not await _claim_capacity(tx, plan, now=moment):
         log.info("a rep's capacity changed concurrently; routing a run of %d lead by lead", len(run))
         for scored in run:
@@ -50,18 +51,17 @@ async def _plan(
     tx: Transaction,
     leads: Sequence[dict[str, Any]],
     *,
-    statuses: Mapping[str, str | None],
+    known: store.RunLeads,
     policy: RoutingPolicy,
     now: datetime,
 ) -> RunPlan:
     """Read what deciding the run's new leads needs (pools' turns locked first, as one by one), then decide."""
-    fresh = [lead for lead in leads if lead["lead_id"] not in statuses]
+    fresh = [lead for lead in leads if lead["lead_id"] not in known.statuses]
     pools = sorted({rule.pool for lead in fresh if (rule := policy.first_match(lead)) is not None})
     rotations = await store.lock_rotations(tx.session, pools=pools)
     reps, loads = await store.load_roster(tx.session) if fresh else ([], {})
-    owners = await store.account_owners(tx.session, domains=[lead.get("company_domain") for lead in fresh])
-    return plan_run(leads, statuses=statuses, view=RoutingView(loads, rotations), policy=policy, reps=reps,
-                    owners=owners, now=now)  # fmt: skip
+    return plan_run(leads, statuses=known.statuses, view=RoutingView(loads, rotations), policy=policy, reps=reps,
+                    owners=known.owners, now=now)  # fmt: skip
 
 
 async def _claim_capacity(tx: Transaction, plan: RunPlan, *, now: datetime) -> bool:

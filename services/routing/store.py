@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -495,20 +496,6 @@ _LOCK_ROTATIONS = (
 )
 
 
-async def account_owners(session: AsyncSession, *, domains: Iterable[str | None]) -> dict[str, str]:
-    """The rep owning each of these company domains that has one, by lower-cased domain."""
-    wanted = sorted({domain.lower() for domain in domains if domain})
-    if not wanted:
-        return {}
-    rows = await session.execute(_ACCOUNT_OWNERS, {"domains": wanted})
-    return {domain: rep_id for domain, rep_id in rows.all()}
-
-
-_ACCOUNT_OWNERS = select(accounts.c.domain, accounts.c.rep_id).where(
-    accounts.c.domain.in_(bindparam("domains", expanding=True))
-)
-
-
 # --- policies ------------------------------------------------------------------------------------------------------
 
 
@@ -603,20 +590,30 @@ async def insert_assignment(session: AsyncSession, **values: Any) -> None:
     await session.execute(assignments.insert().values(**values))
 
 
-async def erased_and_statuses(
-    session: AsyncSession, *, lead_ids: Sequence[str]
-) -> tuple[set[str], dict[str, str | None]]:
-    """Which of these leads were erased (anything personal about them must not be stored), and the routing
-    status of those routed, their rows locked to commit (in lead id order, so two replicas locking overlapping
-    leads never wait on each other in a cycle); one round trip."""
-    erased: set[str] = set()
-    statuses: dict[str, str | None] = {}
-    for fact, lead_id, status in await session.execute(_ERASED_AND_STATUSES, {"lead_ids": list(lead_ids)}):
+@dataclass(frozen=True)
+class RunLeads:
+    """What routing holds about a run's leads: which were erased, the routing status of those routed (their rows
+    locked to the commit), and the owners of their companies' accounts (by lower-cased domain)."""
+
+    erased: set[str]
+    statuses: dict[str, str | None]
+    owners: dict[str, str]
+
+
+async def read_run_leads(session: AsyncSession, *, lead_ids: Sequence[str], domains: Iterable[str | None]) -> RunLeads:
+    """`RunLeads` in one round trip; the routing states' rows are locked in lead id order, so two replicas
+    locking overlapping leads never wait on each other in a cycle."""
+    wanted = sorted({domain.lower() for domain in domains if domain})
+    known = RunLeads(erased=set(), statuses={}, owners={})
+    rows = await session.execute(_RUN_LEADS, {"lead_ids": list(lead_ids), "domains": wanted})
+    for fact, key, value in rows:
         if fact == "erased":
-            erased.add(lead_id)
+            known.erased.add(key)
+        elif fact == "status":
+            known.statuses[key] = value
         else:
-            statuses[lead_id] = status
-    return erased, statuses
+            known.owners[key] = value
+    return known
 
 
 _ROUTING_STATUSES = (
@@ -629,11 +626,14 @@ _ROUTING_STATUSES = (
 _erased = metadata.tables[ERASED_LEADS]
 # The locking select as a CTE: PostgreSQL takes FOR UPDATE there (not on a UNION), rows in lead id order.
 _LOCKED_STATUSES = _ROUTING_STATUSES.cte("locked_statuses")
-_ERASED_AND_STATUSES = union_all(
-    select(literal_column("'erased'").label("fact"), _erased.c.lead_id, null().label("status")).where(
+_RUN_LEADS = union_all(
+    select(literal_column("'erased'").label("fact"), _erased.c.lead_id.label("key"), null().label("value")).where(
         _erased.c.lead_id.in_(bindparam("lead_ids", expanding=True))
     ),
     select(literal_column("'status'"), _LOCKED_STATUSES.c.lead_id, _LOCKED_STATUSES.c.status),
+    select(literal_column("'owner'"), accounts.c.domain, accounts.c.rep_id).where(
+        accounts.c.domain.in_(bindparam("domains", expanding=True))
+    ),
 )
 
 

@@ -133,19 +133,24 @@ async def test_an_sla_timer_fires_once_after_a_restart_with_two_replicas_racing(
         ("assigned", "rep-a"), ("sla_breached", "rep-a"), ("reassigned", "rep-b")]  # fmt: skip
 
 
-async def test_a_runs_one_read_finds_erased_leads_and_locks_the_routed_ones(database_url: str, schema: str) -> None:
-    """Erased leads and routing states come in one round trip; the states' rows stay locked to the commit, as a
-    replica routing the same lead meanwhile must wait."""
+async def test_a_runs_one_read_finds_erased_leads_owners_and_locks_the_routed_ones(
+    database_url: str, schema: str
+) -> None:
+    """Erased leads, routing states and account owners come in one round trip; the states' rows stay locked to the
+    commit, as a replica routing the same lead meanwhile must wait."""
+    now = datetime.now(UTC)
     async with _replicas(database_url, schema) as (first, second):
         await _route(first, _scored("lead-routed"))
         async with first.transaction() as tx:
             await mark_erased(tx.session, store.metadata, lead_id="lead-erased")
+            await store.upsert_account(tx.session, domain="acme.example", rep_id="rep-owner", name="ACME", now=now)
         async with first.transaction() as tx:
-            erased, statuses = await store.erased_and_statuses(
-                tx.session, lead_ids=["lead-erased", "lead-routed", "lead-new"]
+            known = await store.read_run_leads(
+                tx.session, lead_ids=["lead-erased", "lead-routed", "lead-new"], domains=["ACME.example", None]
             )
-            assert erased == {"lead-erased"}
-            assert set(statuses) == {"lead-routed"}
+            assert known.erased == {"lead-erased"}
+            assert set(known.statuses) == {"lead-routed"}
+            assert known.owners == {"acme.example": "rep-owner"}
             async with second.transaction() as other:
                 await other.session.execute(text("SET LOCAL lock_timeout = '200ms'"))
                 with pytest.raises(DBAPIError, match="lock"):

@@ -255,7 +255,7 @@ async def _load(tx: Transaction, load: Load) -> None:
         rep_id="rep-z", open_leads=load.open_leads, day=day, new_on_day=load.new_on_day, sla_misses=0))  # fmt: skip
 
 
-async def test_a_run_reads_its_leads_erasures_and_routing_states_in_one_statement(tmp_path: Path) -> None:
+async def test_a_run_reads_its_leads_erasures_routing_states_and_owners_in_one_statement(tmp_path: Path) -> None:
     uow = await _staged(tmp_path, "statements")
     counted: list[str] = []
 
@@ -265,10 +265,12 @@ async def test_a_run_reads_its_leads_erasures_and_routing_states_in_one_statemen
     event.listen(Engine, "before_cursor_execute", count)  # every engine: the one of this test's database
     try:
         async with uow.transaction() as tx:
-            await route_scored_leads(tx, [_scored("erased", country="JP"), _scored("stored-de"), _scored("new")])
+            run = [_scored("erased", country="JP"), _scored("stored-de"), _scored("new", domain="acme.example")]
+            await route_scored_leads(tx, run)
     finally:
         event.remove(Engine, "before_cursor_execute", count)
-    reads = [statement for statement in counted if "erased_leads" in statement or "FROM assignments" in statement]
+    reads = [statement for statement in counted if any(f"FROM {table}" in statement
+             for table in ("erased_leads", "assignments", "accounts"))]  # fmt: skip
     assert len(reads) == 1, reads
     statements = [statement for statement in counted if not statement.startswith(("BEGIN", "COMMIT"))]
-    assert len(statements) <= 14, statements  # 15 before the two reads were one
+    assert len(statements) <= 14, statements  # 16 before the three reads were one
