@@ -44,6 +44,18 @@ async def _model_in_force(tx: Transaction) -> tuple[str, ScoringModelDefinition]
     return f"v{version}", _parsed_versions[version]
 
 
+async def _model_of_version(tx: Transaction, version: int | None) -> tuple[str, ScoringModelDefinition]:
+    """The rules model of `version` (None: the starter model); its definition is read once per version."""
+    if version is None:
+        return STARTER_VERSION, STARTER_MODEL
+    if version not in _parsed_versions:
+        stored = await store.load_model(tx.session, version=version)
+        if stored is None:  # retired and deleted since: as if none was active
+            return STARTER_VERSION, STARTER_MODEL
+        _parsed_versions[version] = ScoringModelDefinition.model_validate(stored["definition"])
+    return f"v{version}", _parsed_versions[version]
+
+
 async def on_lead_captured(tx: Transaction, captured: LeadCapturedV1) -> None:
     """Keep the lead's facts, apply outcomes that arrived before it, and score it."""
     await on_leads_captured(tx, [captured])
@@ -58,11 +70,14 @@ async def on_leads_captured(tx: Transaction, run: Sequence[LeadCapturedV1], *, n
     now = now or utc_now()
     known = await store.known_about(tx.session, lead_ids=lead_ids)
     verdicts, held = known.verdicts, known.held
-    version, model = await _model_in_force(tx)
+    in_force = await store.models_in_force(tx.session)
+    version, model = await _model_of_version(tx, in_force.rules_version)
     captures = fold_captures(run, erased=known.erased, touches=known.touches)
+    state: Mapping[str, Any] | None = in_force.learned  # until a held outcome is learned from
     for part in until_each_learner(captures, learners=held):
         xs = [features(capture.facts, capture.touches) for capture in part]
-        learned = await store.load_weights(tx.session, tokens=sorted({token for x in xs for token in x}))
+        tokens = sorted({token for x in xs for token in x})
+        learned = await store.load_weights(tx.session, tokens=tokens, state=state)
         announced = []
         for capture, x in zip(part, xs, strict=True):
             scored = _scored(capture.lead_id, capture.facts, capture.touches, x, learned, version, model, now=now)
@@ -74,6 +89,7 @@ async def on_leads_captured(tx: Transaction, run: Sequence[LeadCapturedV1], *, n
         # Scored first, so the prediction logged for a held outcome is what the rules said of this lead.
         for kind, occurred_at in held.pop(part[-1].lead_id, []):
             await _learn_from(tx, part[-1].lead_id, kind, occurred_at)
+            state = None  # learning changed it: read it again
 
 
 async def _keep_captures(tx: Transaction, part: Sequence[Capture], announced: Sequence[LeadScoredV1]) -> None:

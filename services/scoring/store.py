@@ -357,10 +357,26 @@ _KNOWN = _known_statement()
 # --- the learned model -------------------------------------------------------------------------------------------
 
 
-async def load_weights(session: AsyncSession, *, tokens: list[str]) -> Weights:
-    """The learned model, restricted to `tokens` (all a prediction or an update needs)."""
-    state = (await session.execute(_LEARNED_STATE)).mappings().one()
-    model = Weights(bias=state["bias"], bias_accumulated=state["bias_accumulated"], outcomes=state["outcomes"])
+@dataclass(frozen=True)
+class ModelsInForce:
+    """What a run of captures starts from: the version of the rules model in force (None: the starter model) and
+    the learned model's state (its weights are read per token)."""
+
+    rules_version: int | None
+    learned: Mapping[str, Any]
+
+
+async def models_in_force(session: AsyncSession) -> ModelsInForce:
+    """The active rules model's version and the learned model's state, in one round trip."""
+    row = (await session.execute(_MODELS_IN_FORCE)).mappings().one()
+    return ModelsInForce(rules_version=row["active_version"], learned=dict(row))
+
+
+async def load_weights(session: AsyncSession, *, tokens: list[str], state: Mapping[str, Any] | None = None) -> Weights:
+    """The learned model, restricted to `tokens` (all a prediction or an update needs); its state as read by
+    `models_in_force` in this transaction, if given and unchanged since."""
+    stored = state if state is not None else (await session.execute(_LEARNED_STATE)).mappings().one()
+    model = Weights(bias=stored["bias"], bias_accumulated=stored["bias_accumulated"], outcomes=stored["outcomes"])
     if tokens and model.outcomes:
         rows = await session.execute(_LEARNED_WEIGHTS, {"tokens": tokens})
         for token, weight, accumulated in rows:
@@ -370,6 +386,15 @@ async def load_weights(session: AsyncSession, *, tokens: list[str]) -> Weights:
 
 
 _LEARNED_STATE = select(learned_state).where(learned_state.c.id == 1)
+_MODELS_IN_FORCE = select(
+    learned_state,
+    select(scoring_models.c.version)
+    .where(scoring_models.c.status == "active")
+    .order_by(scoring_models.c.version)
+    .limit(1)
+    .scalar_subquery()
+    .label("active_version"),
+).where(learned_state.c.id == 1)
 _LEARNED_WEIGHTS = select(learned_weights).where(learned_weights.c.token.in_(bindparam("tokens", expanding=True)))
 
 
