@@ -19,7 +19,7 @@ from services.routing import store
 from services.routing.domain import RoutingView, RunPlan, plan_run
 from services.routing.reps import Load, Rep, has_room
 from services.routing.rules import RoutingPolicy, lead_view
-from services.routing.service import load_active_policy, publish_all, route_scored_lead, routing_record
+from services.routing.service import load_policy, publish_all, route_scored_lead, routing_record
 from shared.envelope import utc_now
 from shared.events import LeadScoredV1
 from shared.metrics import observe_speed_to_lead
@@ -36,7 +36,7 @@ async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, no
     views = [lead_view(scored) for scored in run]
     known = await store.read_run_leads(tx.session, lead_ids=lead_ids, domains=[v.get("company_domain") for v in views])
     leads = [strip_personal(view) if view["lead_id"] in known.erased else view for view in views]
-    version, policy = await load_active_policy(tx)
+    version, policy = await load_policy(tx, known.policy_version)
     plan = await _plan(tx, leads, known=known, policy=policy, now=moment)
     if not await _claim_capacity(tx, plan, now=moment):
         log.info("a rep's capacity changed concurrently; routing a run of %d lead by lead", len(run))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -172,6 +173,21 @@ async def publish_all(tx: Transaction, announced: Sequence[tuple[LeadRoutedV1, M
 def _contact(lead: Mapping[str, Any]) -> dict[str, Any]:
     # What a sales tool needs to work the lead: the lead's own fields, without scoring's additions.
     return {key: value for key, value in lead.items() if key not in ("fit_grade", "went_cold")}
+
+
+# Parsed policy versions, per database (a version's definition never changes once stored; validating it is the
+# costly part).
+_parsed_policies: weakref.WeakKeyDictionary[Any, dict[int, RoutingPolicy]] = weakref.WeakKeyDictionary()
+
+
+async def load_policy(tx: Transaction, version: int | None) -> tuple[str, RoutingPolicy]:
+    """Policy `version` as `load_active_policy` gives it when `version` is the active one (None: the default)."""
+    if version is None:
+        return "default", DEFAULT_POLICY
+    parsed = _parsed_policies.setdefault(tx.session.get_bind(), {})
+    if version not in parsed:
+        parsed[version] = RoutingPolicy.model_validate(await store.policy_definition(tx.session, version=version))
+    return str(version), parsed[version]
 
 
 async def load_active_policy(tx: Transaction) -> tuple[str, RoutingPolicy]:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     delete,
     func,
     literal_column,
@@ -519,6 +520,11 @@ async def load_policy(session: AsyncSession, *, version: int) -> dict[str, Any] 
     return dict(row) if row else None
 
 
+async def policy_definition(session: AsyncSession, *, version: int) -> Any:
+    """The stored definition of one policy version (a version never changes once stored)."""
+    return await session.scalar(select(policies.c.definition).where(policies.c.version == version))
+
+
 async def active_policy(session: AsyncSession) -> dict[str, Any] | None:
     """The active policy, or None (then the default policy applies)."""
     row = (await session.execute(_ACTIVE_POLICY)).mappings().first()
@@ -593,11 +599,13 @@ async def insert_assignment(session: AsyncSession, **values: Any) -> None:
 @dataclass(frozen=True)
 class RunLeads:
     """What routing holds about a run's leads: which were erased, the routing status of those routed (their rows
-    locked to the commit), and the owners of their companies' accounts (by lower-cased domain)."""
+    locked to the commit), the owners of their companies' accounts (by lower-cased domain), and which routing
+    policy is active."""
 
     erased: set[str]
     statuses: dict[str, str | None]
     owners: dict[str, str]
+    policy_version: int | None = None  # the active routing policy's (None: the default policy)
 
 
 async def read_run_leads(session: AsyncSession, *, lead_ids: Sequence[str], domains: Iterable[str | None]) -> RunLeads:
@@ -605,15 +613,18 @@ async def read_run_leads(session: AsyncSession, *, lead_ids: Sequence[str], doma
     locking overlapping leads never wait on each other in a cycle."""
     wanted = sorted({domain.lower() for domain in domains if domain})
     known = RunLeads(erased=set(), statuses={}, owners={})
+    policy_version: int | None = None
     rows = await session.execute(_RUN_LEADS, {"lead_ids": list(lead_ids), "domains": wanted})
     for fact, key, value in rows:
         if fact == "erased":
             known.erased.add(key)
         elif fact == "status":
             known.statuses[key] = value
-        else:
+        elif fact == "owner":
             known.owners[key] = value
-    return known
+        else:  # one is active (activating another retires it)
+            policy_version = int(key)
+    return RunLeads(known.erased, known.statuses, known.owners, policy_version)
 
 
 _ROUTING_STATUSES = (
@@ -634,6 +645,7 @@ _RUN_LEADS = union_all(
     select(literal_column("'owner'"), accounts.c.domain, accounts.c.rep_id).where(
         accounts.c.domain.in_(bindparam("domains", expanding=True))
     ),
+    select(literal_column("'policy'"), cast(policies.c.version, String), null()).where(policies.c.active),
 )
 
 

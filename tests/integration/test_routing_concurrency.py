@@ -151,6 +151,7 @@ async def test_a_runs_one_read_finds_erased_leads_owners_and_locks_the_routed_on
             assert known.erased == {"lead-erased"}
             assert set(known.statuses) == {"lead-routed"}
             assert known.owners == {"acme.example": "rep-owner"}
+            assert known.policy_version is None  # the default policy
             async with second.transaction() as other:
                 await other.session.execute(text("SET LOCAL lock_timeout = '200ms'"))
                 with pytest.raises(DBAPIError, match="lock"):

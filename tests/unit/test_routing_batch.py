@@ -255,8 +255,10 @@ async def _load(tx: Transaction, load: Load) -> None:
         rep_id="rep-z", open_leads=load.open_leads, day=day, new_on_day=load.new_on_day, sla_misses=0))  # fmt: skip
 
 
-async def test_a_run_reads_its_leads_erasures_routing_states_and_owners_in_one_statement(tmp_path: Path) -> None:
+async def test_a_run_reads_its_leads_erasures_states_owners_and_the_policy_in_one_statement(tmp_path: Path) -> None:
     uow = await _staged(tmp_path, "statements")
+    async with uow.transaction() as tx:  # the policy's definition is read once per version
+        await route_scored_leads(tx, [_scored("first-run")])
     counted: list[str] = []
 
     def count(*args: Any) -> None:
@@ -270,7 +272,20 @@ async def test_a_run_reads_its_leads_erasures_routing_states_and_owners_in_one_s
     finally:
         event.remove(Engine, "before_cursor_execute", count)
     reads = [statement for statement in counted if any(f"FROM {table}" in statement
-             for table in ("erased_leads", "assignments", "accounts"))]  # fmt: skip
+             for table in ("erased_leads", "assignments", "accounts", "routing_policies"))]  # fmt: skip
     assert len(reads) == 1, reads
     statements = [statement for statement in counted if not statement.startswith(("BEGIN", "COMMIT"))]
-    assert len(statements) <= 14, statements  # 16 before the three reads were one
+    assert len(statements) <= 13, statements  # 16 before the four reads were one
+
+
+async def test_a_run_follows_the_policy_activated_since_the_run_before(tmp_path: Path) -> None:
+    uow = await _staged(tmp_path, "policies")
+    async with uow.transaction() as tx:
+        await route_scored_leads(tx, [_scored("before", country="DE")])
+    nobody = RoutingPolicy.model_validate({"rules": [{"id": "never", "when": [{"field": "score", "op": "range",
+                                                                                "min": 1000}]}]})  # fmt: skip
+    await admin.activate_policy(uow, version=await admin.create_policy(uow, name="nobody", policy=nobody))
+    async with uow.transaction() as tx:
+        await route_scored_leads(tx, [_scored("after", country="DE")])
+    kinds = {routed.lead_id: routed.kind for routed in await _routed(uow)}
+    assert (kinds["before"], kinds["after"]) == ("assigned", "unassigned")
