@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -30,8 +31,8 @@ STARTER_VERSION = "starter"
 log = logging.getLogger(__name__)
 
 
-# A stored version never changes, so its parsed definition can be kept (parsing is the costly part).
-_parsed_versions: dict[int, ScoringModelDefinition] = {}
+# A stored version never changes, so its parsed definition can be kept (parsing is the costly part), per database.
+_parsed_versions: weakref.WeakKeyDictionary[Any, dict[int, ScoringModelDefinition]] = weakref.WeakKeyDictionary()
 
 
 async def _model_in_force(tx: Transaction) -> tuple[str, ScoringModelDefinition]:
@@ -39,21 +40,23 @@ async def _model_in_force(tx: Transaction) -> tuple[str, ScoringModelDefinition]
     if active is None:
         return STARTER_VERSION, STARTER_MODEL
     version = active["version"]
-    if version not in _parsed_versions:
-        _parsed_versions[version] = ScoringModelDefinition.model_validate(active["definition"])
-    return f"v{version}", _parsed_versions[version]
+    parsed = _parsed_versions.setdefault(tx.session.get_bind(), {})
+    if version not in parsed:
+        parsed[version] = ScoringModelDefinition.model_validate(active["definition"])
+    return f"v{version}", parsed[version]
 
 
 async def _model_of_version(tx: Transaction, version: int | None) -> tuple[str, ScoringModelDefinition]:
     """The rules model of `version` (None: the starter model); its definition is read once per version."""
     if version is None:
         return STARTER_VERSION, STARTER_MODEL
-    if version not in _parsed_versions:
+    parsed = _parsed_versions.setdefault(tx.session.get_bind(), {})
+    if version not in parsed:
         stored = await store.load_model(tx.session, version=version)
         if stored is None:  # retired and deleted since: as if none was active
             return STARTER_VERSION, STARTER_MODEL
-        _parsed_versions[version] = ScoringModelDefinition.model_validate(stored["definition"])
-    return f"v{version}", _parsed_versions[version]
+        parsed[version] = ScoringModelDefinition.model_validate(stored["definition"])
+    return f"v{version}", parsed[version]
 
 
 async def on_lead_captured(tx: Transaction, captured: LeadCapturedV1) -> None:
