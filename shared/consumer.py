@@ -74,9 +74,9 @@ class EventConsumer:
         raw_topics: Mapping[str, str] | None = None,
         security: KafkaSecurity = PLAINTEXT,
         stall_seconds: float = 30.0,
-        fetch_max_wait_ms: int = 50,
+        fetch_max_wait_ms: int = 500,
         fetch_min_bytes: int = 1,
-        commit_interval_seconds: float = 0.2,
+        commit_interval_seconds: float = 1.0,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._security = security

@@ -85,7 +85,7 @@ def test_only_feedback_lets_the_broker_gather_larger_batches() -> None:
     waits = {
         settings_type().service_name: settings_type().consumer_fetch_max_wait_ms for settings_type in SERVICE_SETTINGS
     }
-    assert waits == {"lead_intake": 50, "scoring": 50, "routing": 50, "feedback": 250}
+    assert waits == {"lead_intake": 500, "scoring": 500, "routing": 500, "feedback": 250}
     assert [settings_type().consumer_fetch_min_bytes for settings_type in SERVICE_SETTINGS] == [1, 1, 1, 256 * 1024]
 
 
