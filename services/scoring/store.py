@@ -20,16 +20,17 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    TextClause,
     bindparam,
     delete,
     func,
     literal_column,
     null,
     select,
+    text,
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.learning import Weights
@@ -174,7 +175,7 @@ async def save_scores(session: AsyncSession, *, scored: Sequence[Mapping[str, An
     latest = {row["lead_id"]: dict(row) for row in scored}
     if latest:
         replaced = tuple(name for name in SCORE_COLUMNS if name != "lead_id")
-        await session.execute(_upsert(session.bind.dialect.name, "scores", replaced), list(latest.values()))
+        await _save(session, "scores", list(latest.values()), replaced)
 
 
 async def load_score(session: AsyncSession, *, lead_id: str) -> dict[str, Any] | None:
@@ -245,7 +246,7 @@ async def save_all_facts(session: AsyncSession, *, leads: Sequence[tuple[str, di
         row = rows.setdefault(lead_id, {"lead_id": lead_id, "captured_at": captured_at, "closed": False})
         row["facts"] = facts
     if rows:
-        await session.execute(_upsert(session.bind.dialect.name, "lead_facts", ("facts",)), list(rows.values()))
+        await _save(session, "lead_facts", list(rows.values()), ("facts",))
 
 
 async def load_facts(session: AsyncSession, *, lead_id: str) -> dict[str, Any] | None:
@@ -477,9 +478,18 @@ async def load_job(session: AsyncSession, *, job_id: str) -> dict[str, Any] | No
 
 
 @functools.cache
-def _upsert(dialect: str, table_name: str, replaced: tuple[str, ...]) -> Any:
-    # PostgreSQL and SQLite share the ON CONFLICT clause; built once per shape, so its compiled form is reused.
+def _upsert(table_name: str, columns: tuple[str, ...], replaced: tuple[str, ...]) -> TextClause:
+    # Plain SQL with typed parameters (valid for PostgreSQL and SQLite), built once per shape: SQLAlchemy gives its
+    # dialect-specific ON CONFLICT construct no cache key, so it compiled that afresh on every run.
     table = metadata.tables[table_name]
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    key = [column.name for column in table.primary_key.columns]
-    return insert.on_conflict_do_update(index_elements=key, set_={name: insert.excluded[name] for name in replaced})
+    key = ", ".join(column.name for column in table.primary_key.columns)
+    moved = ", ".join(f"{name} = excluded.{name}" for name in replaced)
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(f':{name}' for name in columns)}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {moved}"
+    ).bindparams(*(bindparam(name, type_=table.c[name].type) for name in columns))
+
+
+async def _save(session: AsyncSession, table: str, rows: Sequence[dict[str, Any]], replaced: tuple[str, ...]) -> None:
+    """Insert `rows` (one shape) into `table`, replacing the `replaced` columns of those already there."""
+    await session.execute(_upsert(table, tuple(rows[0]), replaced), list(rows))
