@@ -115,6 +115,18 @@ class Pipeline:
                 backlog, last_progress = self.ledger.backlog(name), time.monotonic()
         return round(time.monotonic() - began, 1)
 
+    async def quiesce(self, most_records: int, timeout: float) -> float:
+        """Wait until every consumer group's lag is at most `most_records` (feedback catching up on a phase) or
+        `timeout` passed; returns the seconds waited."""
+        began = time.monotonic()
+        self.monitor.phase = "quiesce"
+        while time.monotonic() - began < timeout:
+            lags = self.monitor.samples[-1]["lag"] if self.monitor.samples else {}
+            if lags and max(lags.values()) <= most_records:
+                break
+            await asyncio.sleep(0.5)  # poll
+        return round(time.monotonic() - began, 1)
+
     async def settle(self, grace_seconds: float) -> None:
         """Wait until every acknowledged lead is routed, or nothing moved for `grace_seconds`."""
         last_progress, pending = time.monotonic(), self.ledger.pending()

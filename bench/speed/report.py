@@ -69,6 +69,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"{step['rate']:.0f}/s {'ok' if step['sustained'] else 'NO (' + step['reason'] + ')'}"
             for step in search["steps"]
         ),
+        _warmup_line(result["warmup"]),
         f"Baton max sustained throughput: {search['max_sustained']:.0f} leads/s end to end",
         f"raw 3-hop aiokafka relay: {relay['messages_per_second']:.0f} msg/s "
         f"({relay['arrived']}/{relay['messages']} in {relay['seconds']} s)",
@@ -85,6 +86,15 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         for target in result["targets"]
     ]
     return lines
+
+
+def _warmup_line(warmup: dict[str, Any]) -> str:
+    speed = warmup["speed_to_lead_ms"]
+    return (
+        f"warm-up before the rates (not judged): {warmup['rate']:.0f}/s for {warmup['seconds']:.0f} s, speed to lead "
+        f"p50/p99 {speed['p50']}/{speed['p99']} ms, Kafka CPU {warmup['cpu'].get('kafka', 0):.0f} %, "
+        f"lost {warmup['lost']}, duplicated {warmup['duplicates']}; lag settled in {warmup['quiesce_seconds']} s"
+    )
 
 
 def _scale_out_line(scale: dict[str, Any]) -> str:
