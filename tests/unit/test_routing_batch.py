@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.default import CACHE_HIT
 
 from services.routing import admin, store, webhooks
 from services.routing.handlers import HANDLERS
@@ -276,6 +277,26 @@ async def test_a_run_reads_its_leads_erasures_states_owners_and_the_policy_in_on
     assert len(reads) == 1, reads
     statements = [statement for statement in counted if not statement.startswith(("BEGIN", "COMMIT"))]
     assert len(statements) <= 13, statements  # 16 before the four reads were one
+
+
+async def test_a_run_reuses_every_statement_compiled_by_the_run_before(tmp_path: Path) -> None:
+    # Compiling a statement costs about what running it does: none may lack the cache key that reuses it.
+    uow = await _staged(tmp_path, "compiled")
+    async with uow.transaction() as tx:
+        await route_scored_leads(tx, [_scored("first-run"), _scored("first-de", country="DE")])
+    reused: list[tuple[str, Any]] = []
+
+    def note(*args: Any) -> None:
+        reused.append((args[2], args[4].cache_hit))
+
+    event.listen(Engine, "after_cursor_execute", note)
+    try:
+        async with uow.transaction() as tx:
+            await route_scored_leads(tx, [_scored("second-run"), _scored("second-de", country="DE")])
+    finally:
+        event.remove(Engine, "after_cursor_execute", note)
+    compiled_again = [statement for statement, hit in reused if hit is not CACHE_HIT]
+    assert reused and not compiled_again, compiled_again
 
 
 async def test_a_run_follows_the_policy_activated_since_the_run_before(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.engine.default import CACHE_HIT
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scoring import service, store
@@ -203,6 +204,26 @@ async def test_a_run_costs_the_statements_of_a_single_capture(engine: AsyncEngin
     single = await _statements(engine, uow, [_merged("lead-0")])
     many = await _statements(engine, uow, [_merged(f"lead-{n}") for n in range(1, 60)])
     assert single == many <= 7, (single, many)  # what the run holds about its leads is one read, the models one
+
+
+async def test_a_run_reuses_every_statement_compiled_by_the_run_before(engine: AsyncEngine, uow: UnitOfWork) -> None:
+    # Compiling a statement costs about what running it does: a statement SQLAlchemy finds no cache key for is
+    # compiled again on every run (as the dialects' ON CONFLICT constructs were).
+    await _given(uow)
+    await _statements(engine, uow, [_merged("lead-0")])
+    reused: list[tuple[str, Any]] = []
+
+    def note(*args: Any) -> None:
+        reused.append((args[2], args[4].cache_hit))
+
+    event.listen(engine.sync_engine, "after_cursor_execute", note)
+    try:
+        async with uow.transaction() as tx:
+            await service.on_leads_captured(tx, [_merged("lead-1"), _captured("lead-2")], now=NOW)
+    finally:
+        event.remove(engine.sync_engine, "after_cursor_execute", note)
+    compiled_again = [statement for statement, hit in reused if hit is not CACHE_HIT]
+    assert reused and not compiled_again, compiled_again
 
 
 # --- the pure fold and the handlers -------------------------------------------------------------------------------
