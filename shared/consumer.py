@@ -76,7 +76,7 @@ class EventConsumer:
         stall_seconds: float = 30.0,
         fetch_max_wait_ms: int = 500,
         fetch_min_bytes: int = 1,
-        commit_interval_seconds: float = 1.0,
+        commit_interval_seconds: float = 0.2,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._security = security
