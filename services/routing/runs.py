@@ -19,7 +19,7 @@ from services.routing import store
 from services.routing.domain import RoutingView, RunPlan, plan_run
 from services.routing.reps import Load, Rep, has_room
 from services.routing.rules import RoutingPolicy, lead_view
-from services.routing.service import load_policy, publish_all, route_scored_lead, routing_record
+from services.routing.service import likely_policy, load_policy, publish_all, route_scored_lead, routing_record
 from shared.envelope import utc_now
 from shared.events import LeadScoredV1
 from shared.metrics import observe_speed_to_lead
@@ -34,7 +34,10 @@ async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, no
     moment = now or utc_now()
     lead_ids = list(dict.fromkeys(scored.lead_id for scored in run))
     views = [lead_view(scored) for scored in run]
-    known = await store.read_run_leads(tx.session, lead_ids=lead_ids, domains=[v.get("company_domain") for v in views])
+    known = await store.read_run_leads(
+        tx.session, lead_ids=lead_ids, domains=[view.get("company_domain") for view in views],
+        pools=_likely_pools(tx, views),
+    )  # fmt: skip
     leads = [strip_personal(view) if view["lead_id"] in known.erased else view for view in views]
     version, policy = await load_policy(tx, known.policy_version)
     plan = await _plan(tx, leads, known=known, policy=policy, now=moment)
@@ -44,7 +47,16 @@ async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, no
             await route_scored_lead(tx, scored, now=moment)
         return
     await _save_turns(tx, plan)
-    await _record_all(tx, plan, policy=policy, version=version, now=moment)
+    await _record_all(tx, plan, policy=policy, version=version, now=moment, subscribed=known.subscribed)
+
+
+def _likely_pools(tx: Transaction, views: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The pools the run's leads would go to under the policy the previous run followed: their turns are locked with
+    the run's one read (a pool it missed, as after a policy change, is locked on its own)."""
+    policy = likely_policy(tx)
+    if policy is None:
+        return set()
+    return {rule.pool for view in views if (rule := policy.first_match(view)) is not None}
 
 
 async def _plan(
@@ -58,7 +70,8 @@ async def _plan(
     """Read what deciding the run's new leads needs (pools' turns locked first, as one by one), then decide."""
     fresh = [lead for lead in leads if lead["lead_id"] not in known.statuses]
     pools = sorted({rule.pool for lead in fresh if (rule := policy.first_match(lead)) is not None})
-    rotations = await store.lock_rotations(tx.session, pools=pools)
+    rotations = {pool: known.rotations[pool] for pool in pools if pool in known.rotations}
+    rotations |= await store.lock_rotations(tx.session, pools=[pool for pool in pools if pool not in rotations])
     reps, loads = await store.load_roster(tx.session) if fresh else ([], {})
     return plan_run(leads, statuses=known.statuses, view=RoutingView(loads, rotations), policy=policy, reps=reps,
                     owners=known.owners, now=now)  # fmt: skip
@@ -100,7 +113,9 @@ async def _save_turns(tx: Transaction, plan: RunPlan) -> None:
         await store.save_rotation(tx.session, pool=pool, weights=dict(plan.view.rotations[pool]), rep_id=rep_id)
 
 
-async def _record_all(tx: Transaction, plan: RunPlan, *, policy: RoutingPolicy, version: str, now: datetime) -> None:
+async def _record_all(
+    tx: Transaction, plan: RunPlan, *, policy: RoutingPolicy, version: str, now: datetime, subscribed: bool
+) -> None:
     """Store the run's routing states (queued leads re-scored) and announce its decisions, in order."""
     records = [
         routing_record(dict(lead), decision, policy=policy, version=version, now=now, current=None, cause=None,
@@ -116,7 +131,7 @@ async def _record_all(tx: Transaction, plan: RunPlan, *, policy: RoutingPolicy, 
             waiting.append(lead)
     await store.insert_assignments(tx.session, list(inserted.values()))
     await store.rescore_queued(tx.session, waiting, at=now)
-    await publish_all(tx, [(record.routed, record.details) for record in records])
+    await publish_all(tx, [(record.routed, record.details) for record in records], subscribed=subscribed)
     for record in records:
         observe_speed_to_lead(record.state["lead"].get("captured_at"), record.routed.routed_at)
 

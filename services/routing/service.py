@@ -157,8 +157,11 @@ async def publish(tx: Transaction, routed: LeadRoutedV1, *, details: Mapping[str
     await publish_all(tx, [(routed, details or {})])
 
 
-async def publish_all(tx: Transaction, announced: Sequence[tuple[LeadRoutedV1, Mapping[str, Any]]]) -> None:
-    """`publish` many routing events, in order, with one statement per channel."""
+async def publish_all(
+    tx: Transaction, announced: Sequence[tuple[LeadRoutedV1, Mapping[str, Any]]], *, subscribed: bool = True
+) -> None:
+    """`publish` many routing events, in order, with one statement per channel (`subscribed` False: the
+    transaction found no active webhook subscription, none is read)."""
     events = await tx.emit_all([routed for routed, _ in announced])
     await store.add_decisions(tx.session, [
         {"lead_id": routed.lead_id, "assignment_id": routed.assignment_id, "kind": routed.kind,
@@ -166,7 +169,8 @@ async def publish_all(tx: Transaction, announced: Sequence[tuple[LeadRoutedV1, M
         for routed, details in announced
     ])  # fmt: skip
     published = [(event, routed) for event, (routed, _) in zip(events, announced, strict=True)]
-    await webhooks.enqueue_all_deliveries(tx.session, published)
+    if subscribed:
+        await webhooks.enqueue_all_deliveries(tx.session, published)
     await stream.append_events(tx.session, published)
 
 
@@ -180,14 +184,25 @@ def _contact(lead: Mapping[str, Any]) -> dict[str, Any]:
 _parsed_policies: weakref.WeakKeyDictionary[Any, dict[int, RoutingPolicy]] = weakref.WeakKeyDictionary()
 
 
+# The policy the last run of each database followed: the next run's guess, before it reads which one is active.
+_last_policies: weakref.WeakKeyDictionary[Any, RoutingPolicy] = weakref.WeakKeyDictionary()
+
+
 async def load_policy(tx: Transaction, version: int | None) -> tuple[str, RoutingPolicy]:
     """Policy `version` as `load_active_policy` gives it when `version` is the active one (None: the default)."""
     if version is None:
+        _last_policies[tx.session.get_bind()] = DEFAULT_POLICY
         return "default", DEFAULT_POLICY
     parsed = _parsed_policies.setdefault(tx.session.get_bind(), {})
     if version not in parsed:
         parsed[version] = RoutingPolicy.model_validate(await store.policy_definition(tx.session, version=version))
+    _last_policies[tx.session.get_bind()] = parsed[version]
     return str(version), parsed[version]
+
+
+def likely_policy(tx: Transaction) -> RoutingPolicy | None:
+    """The policy the previous run of this database followed (None before the first): most likely the active one."""
+    return _last_policies.get(tx.session.get_bind())
 
 
 async def load_active_policy(tx: Transaction) -> tuple[str, RoutingPolicy]:

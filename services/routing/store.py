@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy import (
     case,
     cast,
     delete,
+    exists,
     func,
     literal_column,
     null,
@@ -599,32 +601,42 @@ async def insert_assignment(session: AsyncSession, **values: Any) -> None:
 @dataclass(frozen=True)
 class RunLeads:
     """What routing holds about a run's leads: which were erased, the routing status of those routed (their rows
-    locked to the commit), the owners of their companies' accounts (by lower-cased domain), and which routing
-    policy is active."""
+    locked to the commit), the owners of their companies' accounts (by lower-cased domain), which routing policy is
+    active, the round-robin totals of the pools asked for (their rows locked to the commit; a pool without a row is
+    absent), and whether any webhook subscription is active."""
 
     erased: set[str]
     statuses: dict[str, str | None]
     owners: dict[str, str]
     policy_version: int | None = None  # the active routing policy's (None: the default policy)
+    rotations: dict[str, dict[str, int]] = field(default_factory=dict)
+    subscribed: bool = True
 
 
-async def read_run_leads(session: AsyncSession, *, lead_ids: Sequence[str], domains: Iterable[str | None]) -> RunLeads:
-    """`RunLeads` in one round trip; the routing states' rows are locked in lead id order, so two replicas
-    locking overlapping leads never wait on each other in a cycle."""
+async def read_run_leads(
+    session: AsyncSession, *, lead_ids: Sequence[str], domains: Iterable[str | None], pools: Iterable[str] = ()
+) -> RunLeads:
+    """`RunLeads` in one round trip; the routing states' rows are locked in lead id order, then the pools' in pool
+    order, so two replicas locking overlapping leads or pools never wait on each other in a cycle."""
     wanted = sorted({domain.lower() for domain in domains if domain})
-    known = RunLeads(erased=set(), statuses={}, owners={})
+    parameters = {"lead_ids": list(lead_ids), "domains": wanted, "pools": sorted(set(pools))}
+    known = RunLeads(erased=set(), statuses={}, owners={}, subscribed=False)
     policy_version: int | None = None
-    rows = await session.execute(_RUN_LEADS, {"lead_ids": list(lead_ids), "domains": wanted})
-    for fact, key, value in rows:
+    subscribed = False
+    for fact, key, value in await session.execute(_RUN_LEADS, parameters):
         if fact == "erased":
             known.erased.add(key)
         elif fact == "status":
             known.statuses[key] = value
         elif fact == "owner":
             known.owners[key] = value
+        elif fact == "rotation":
+            known.rotations[key] = dict(json.loads(value) or {}) if value else {}
+        elif fact == "subscribed":
+            subscribed = True
         else:  # one is active (activating another retires it)
             policy_version = int(key)
-    return RunLeads(known.erased, known.statuses, known.owners, policy_version)
+    return RunLeads(known.erased, known.statuses, known.owners, policy_version, known.rotations, subscribed)
 
 
 _ROUTING_STATUSES = (
@@ -637,6 +649,7 @@ _ROUTING_STATUSES = (
 _erased = metadata.tables[ERASED_LEADS]
 # The locking select as a CTE: PostgreSQL takes FOR UPDATE there (not on a UNION), rows in lead id order.
 _LOCKED_STATUSES = _ROUTING_STATUSES.cte("locked_statuses")
+_LOCKED_ROTATIONS = _LOCK_ROTATIONS.cte("locked_rotations")
 _RUN_LEADS = union_all(
     select(literal_column("'erased'").label("fact"), _erased.c.lead_id.label("key"), null().label("value")).where(
         _erased.c.lead_id.in_(bindparam("lead_ids", expanding=True))
@@ -646,6 +659,8 @@ _RUN_LEADS = union_all(
         accounts.c.domain.in_(bindparam("domains", expanding=True))
     ),
     select(literal_column("'policy'"), cast(policies.c.version, String), null()).where(policies.c.active),
+    select(literal_column("'rotation'"), _LOCKED_ROTATIONS.c.pool, cast(_LOCKED_ROTATIONS.c.weights, String)),
+    select(literal_column("'subscribed'"), null(), null()).where(exists().where(webhook_subscriptions.c.active)),
 )
 
 

@@ -136,8 +136,9 @@ async def test_an_sla_timer_fires_once_after_a_restart_with_two_replicas_racing(
 async def test_a_runs_one_read_finds_erased_leads_owners_and_locks_the_routed_ones(
     database_url: str, schema: str
 ) -> None:
-    """Erased leads, routing states and account owners come in one round trip; the states' rows stay locked to the
-    commit, as a replica routing the same lead meanwhile must wait."""
+    """Erased leads, routing states, account owners, the active policy, the pools' turns and whether anyone
+    subscribed to webhooks come in one round trip; the states' and turns' rows stay locked to the commit, as a
+    replica routing the same lead or pool meanwhile must wait."""
     now = datetime.now(UTC)
     async with _replicas(database_url, schema) as (first, second):
         await _route(first, _scored("lead-routed"))
@@ -145,13 +146,24 @@ async def test_a_runs_one_read_finds_erased_leads_owners_and_locks_the_routed_on
             await mark_erased(tx.session, store.metadata, lead_id="lead-erased")
             await store.upsert_account(tx.session, domain="acme.example", rep_id="rep-owner", name="ACME", now=now)
         async with first.transaction() as tx:
+            pools = list((await tx.session.execute(select(store.rotations.c.pool))).scalars())
+        assert pools  # the routed lead's pool has its turns
+        async with first.transaction() as tx:
             known = await store.read_run_leads(
-                tx.session, lead_ids=["lead-erased", "lead-routed", "lead-new"], domains=["ACME.example", None]
-            )
+                tx.session, lead_ids=["lead-erased", "lead-routed", "lead-new"], domains=["ACME.example", None],
+                pools=[*pools, "pool-never-used"],
+            )  # fmt: skip
             assert known.erased == {"lead-erased"}
             assert set(known.statuses) == {"lead-routed"}
             assert known.owners == {"acme.example": "rep-owner"}
             assert known.policy_version is None  # the default policy
+            assert set(known.rotations) == set(pools) and not known.subscribed
+            async with second.transaction() as other:
+                await other.session.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                with pytest.raises(DBAPIError, match="lock"):
+                    await other.session.execute(
+                        select(store.rotations.c.pool).where(store.rotations.c.pool == pools[0]).with_for_update()
+                    )
             async with second.transaction() as other:
                 await other.session.execute(text("SET LOCAL lock_timeout = '200ms'"))
                 with pytest.raises(DBAPIError, match="lock"):

@@ -276,7 +276,32 @@ async def test_a_run_reads_its_leads_erasures_states_owners_and_the_policy_in_on
              for table in ("erased_leads", "assignments", "accounts", "routing_policies"))]  # fmt: skip
     assert len(reads) == 1, reads
     statements = [statement for statement in counted if not statement.startswith(("BEGIN", "COMMIT"))]
-    assert len(statements) <= 13, statements  # 16 before the four reads were one
+    assert not [statement for statement in statements if statement.startswith("SELECT rotations")]  # in the one read
+    assert len(statements) <= 11, statements  # 16 before the reads were one
+
+
+async def test_a_run_reads_no_webhook_subscription_when_none_is_active(tmp_path: Path) -> None:
+    uow = await _staged(tmp_path, "unsubscribed")
+    async with uow.transaction() as tx:
+        for subscription in await webhooks.list_subscriptions(tx.session):
+            await webhooks.delete_subscription(tx.session, subscription_id=subscription["subscription_id"])
+    counted: list[str] = []
+
+    def count(*args: Any) -> None:
+        counted.append(args[2])
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        async with uow.transaction() as tx:
+            await route_scored_leads(tx, [_scored("unwatched", country="JP"), _scored("unwatched-de")])
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert [statement for statement in counted if "webhook_subscriptions" in statement] == [
+        statement for statement in counted if statement.startswith("WITH locked_statuses")
+    ]  # asked about in the run's one read, and not read again
+    async with uow.transaction() as tx:
+        routed = (await tx.session.execute(select(store.assignments.c.lead_id, store.assignments.c.rep_id))).all()
+        assert {lead_id for lead_id, rep_id in routed if rep_id} >= {"unwatched", "unwatched-de"}
 
 
 async def test_a_run_reuses_every_statement_compiled_by_the_run_before(tmp_path: Path) -> None:
