@@ -43,7 +43,7 @@ BATON_FUZZ_SEED ?= random
 fuzz: install kafka-install
 	BATON_FUZZ_REQUESTS=$(FUZZ_REQUESTS) BATON_FUZZ_SEED=$(BATON_FUZZ_SEED) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
-## bench: after a warm-up (BENCH_WARMUP_RATE 150/s for BENCH_WARMUP_SECONDS 60: the broker's JVM compiles its hot
+## bench: after a warm-up (BENCH_WARMUP_RATE 100/s for BENCH_WARMUP_SECONDS 60: the broker's JVM compiles its hot
 ## code), speed to lead (202 -> leads.routed) at 50/100/200/500 leads/s through the four services, the maximum
 ## sustained rate (routed backlog and every consumer group's lag bounded), a backlog routed by 1 and 2 replicas of
 ## scoring and routing, and the same run's baselines (raw three-hop aiokafka relay, bare FastAPI endpoint); a table,

@@ -60,7 +60,7 @@ SECONDS = _env_float("BENCH_SECONDS", 30)
 # load, and that compilation took up to a fifth of this machine's CPU from the pipeline (a production broker is
 # long past it). The warm-up's own figures are reported too.
 WARMUP_SECONDS = _env_float("BENCH_WARMUP_SECONDS", 60)
-WARMUP_RATE = _env_float("BENCH_WARMUP_RATE", 150)
+WARMUP_RATE = _env_float("BENCH_WARMUP_RATE", 100)
 SUSTAIN_SECONDS = _env_float("BENCH_SUSTAIN_SECONDS", 60)
 HTTP_SECONDS = _env_float("BENCH_HTTP_SECONDS", 10)
 RATES = tuple(float(rate) for rate in os.environ.get("BENCH_RATES", "50,100,200,500").split(","))

@@ -86,6 +86,9 @@ unix_socket_directories = '$SOCKDIR'
 fsync = off
 full_page_writes = off
 max_connections = 200
+# 128 MB (the default) holds the hot rows of an empty database only: after some 10,000 leads, a bench's
+# PostgreSQL used 28 instead of 24 % of a core at 50 leads/s.
+shared_buffers = 512MB
 EOF
     fi
     [[ -f $DATA/postmaster.pid ]] && remove_stale_locks # left by a killed server
