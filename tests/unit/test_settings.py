@@ -85,8 +85,8 @@ def test_only_feedback_lets_the_broker_gather_larger_batches() -> None:
     waits = {
         settings_type().service_name: settings_type().consumer_fetch_max_wait_ms for settings_type in SERVICE_SETTINGS
     }
-    assert waits == {"lead_intake": 500, "scoring": 500, "routing": 500, "feedback": 250}
-    assert [settings_type().consumer_fetch_min_bytes for settings_type in SERVICE_SETTINGS] == [1, 1, 1, 256 * 1024]
+    assert waits == {"lead_intake": 500, "scoring": 500, "routing": 500, "feedback": 500}
+    assert [settings_type().consumer_fetch_min_bytes for settings_type in SERVICE_SETTINGS] == [1, 1, 1, 1024 * 1024]
 
 
 def test_prefixed_variables_configure_only_their_service(monkeypatch: pytest.MonkeyPatch) -> None:
