@@ -157,12 +157,15 @@ async def test_a_client_that_silently_stops_fetching_is_replaced_and_later_event
         assert isinstance(consumer, WedgeableConsumer)
         await eventually(lambda: _offset_is(kafka, topic, group, 1), message="the first event applied and committed")
         # What a wedged client looks like from outside: no error, no records, ever again. (Its fetch loop swallows
-        # a cancellation that lands in some of its awaits, so it is cancelled until it has really stopped.)
-        fetch_loop = consumer.clients[0]._fetcher._fetch_task
+        # a cancellation that lands in some of its awaits, so it is cancelled until it has really stopped; the fetch
+        # it left waiting at the broker, for up to the fetch wait, would still bring the next record.)
+        fetcher = consumer.clients[0]._fetcher
 
         async def fetching_stopped() -> bool:
-            fetch_loop.cancel()
-            return bool(fetch_loop.done())
+            fetches = [fetcher._fetch_task, *fetcher._pending_tasks]
+            for fetch in fetches:
+                fetch.cancel()
+            return all(fetch.done() for fetch in fetches)
 
         await eventually(fetching_stopped, message="the first client's fetch loop stopped")
         await produce(kafka, topic, [event("after").to_kafka()])
