@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,12 +66,12 @@ def unnest_insert(table: Table, columns: Sequence[str]) -> TextClause:
     """PostgreSQL: insert the rows given by `column_arrays(table, rows, columns)`, in their order."""
     names = ", ".join(columns)
     return text(
-        f"INSERT INTO {table.name} ({names}) SELECT {_given(table, columns)} FROM unnest({_arrays(table, columns)}) "
-        f"WITH ORDINALITY AS given({names}, position) ORDER BY position"
+        f"INSERT INTO {table.name} ({names}) SELECT {', '.join(unnest_columns(table, columns))} "
+        f"FROM unnest({unnest_arrays(table, columns)}) WITH ORDINALITY AS given({names}, position) ORDER BY position"
     )
 
 
-def column_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
+def column_arrays(table: Table, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
     """The parameters of an `unnest_insert`: one list per column, converted as the column's type
     would convert each value (JSON serialized, instants in UTC)."""
     arrays: dict[str, list[Any]] = {}
@@ -86,19 +86,19 @@ def column_arrays(table: Table, rows: Sequence[dict[str, Any]], columns: Sequenc
     return arrays
 
 
-def _arrays(table: Table, columns: Sequence[str]) -> str:
-    return ", ".join(f"CAST(:{name} AS {_array_type(table, name)})" for name in columns)
+def unnest_arrays(table: Table, columns: Sequence[str], *, prefix: str = "") -> str:
+    """`unnest`'s arguments: a typed array parameter per column, named `prefix` + the column's name."""
+    return ", ".join(f"CAST(:{prefix}{name} AS {_array_type(table, name)})" for name in columns)
+
+
+def unnest_columns(table: Table, columns: Sequence[str]) -> list[str]:
+    """The columns of `unnest(...) AS given(columns)` as the table takes them (JSON given as text)."""
+    return [f"given.{name}::json" if isinstance(table.c[name].type, JSON) else f"given.{name}" for name in columns]
 
 
 def _array_type(table: Table, name: str) -> str:
     column_type = table.c[name].type
     return "text[]" if isinstance(column_type, JSON) else f"{column_type.compile(dialect=_POSTGRES)}[]"
-
-
-def _given(table: Table, columns: Sequence[str]) -> str:
-    return ", ".join(
-        f"given.{name}::json" if isinstance(table.c[name].type, JSON) else f"given.{name}" for name in columns
-    )
 
 
 def is_postgres(engine: AsyncEngine) -> bool:

@@ -6,9 +6,10 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from sqlalchemy import Executable, MetaData, Table, TextClause, text
+from sqlalchemy import Executable, MetaData, Row, Table, TextClause, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,13 +19,15 @@ from shared.kafka import OutboundRecord
 from shared.outbox import CommittedEvent
 from shared.tables import INBOX, OUTBOX
 from shared.tracing import trace_headers
+from shared.writes import send_writes, write_rows
 
 
 class Transaction:
     """One open database transaction of a service; records outbox and inbox rows beside the effect."""
 
-    def __init__(self, session: AsyncSession, *, source: str, statements: MessagingStatements) -> None:
+    def __init__(self, session: AsyncSession, *, source: str, statements: MessagingStatements, outbox: Table) -> None:
         self.session = session
+        self._outbox = outbox
         self.source = source
         self._statements = statements
         self.emitted: list[CloudEvent] = []
@@ -52,13 +55,23 @@ class Transaction:
 
     async def _queue(self, rows: list[dict[str, Any]]) -> None:
         queue = self._statements.queue_events
-        if isinstance(queue, TextClause):  # PostgreSQL: one statement of column arrays, whatever the count
-            result = await self.session.execute(queue, _columns(rows, json_columns=("headers",)))
-        else:
-            result = await self.session.execute(queue, rows)
+        if isinstance(queue, TextClause) and self._statements.returns_row_ids:
+            # PostgreSQL, with a relay in this process: the rows go with the transaction's other writes
+            # (shared.writes), and their ids come back before the commit.
+            await write_rows(
+                self.session, self._outbox, rows, returning=("event_id", "id"), on_rows=partial(self._written, rows)
+            )
+            return
+        if isinstance(queue, TextClause):  # PostgreSQL, NOTIFYing the relays: one statement of column arrays
+            await self.session.execute(queue, _columns(rows, json_columns=("headers",)))
+            return
+        result = await self.session.execute(queue, rows)
         if self._statements.returns_row_ids:
-            row_ids: dict[str, int] = {event_id: row_id for event_id, row_id in result.tuples()}
-            self.queued.extend(CommittedEvent(row_ids[row["event_id"]], _record(row)) for row in rows)
+            self._written(rows, result.all())
+
+    def _written(self, rows: list[dict[str, Any]], written: Sequence[Row[Any]]) -> None:
+        row_ids: dict[str, int] = {event_id: row_id for event_id, row_id in written}
+        self.queued.extend(CommittedEvent(row_ids[row["event_id"]], _record(row)) for row in rows)
 
     def _outbox_row(self, payload: EventPayload, event: CloudEvent) -> dict[str, Any]:
         key, value, headers = event.to_kafka()
@@ -133,8 +146,11 @@ class UnitOfWork:
     async def transaction(self) -> AsyncIterator[Transaction]:
         """Begin; commit when the block ends normally, roll back if it raises."""
         async with self._sessions() as session, session.begin():
-            tx = Transaction(session, source=self._source, statements=self._statements_for(session))
+            tx = Transaction(
+                session, source=self._source, statements=self._statements_for(session), outbox=self._outbox
+            )
             yield tx
+            await send_writes(session)  # what the transaction kept to send with its last statement
         if tx.queued and self._hand_over is not None:
             self._hand_over(tx.queued)
         elif tx.emitted:
@@ -163,8 +179,9 @@ class MessagingStatements:
     of running it).
 
     On PostgreSQL each takes one array per column, so a batch of any size is one prepared statement and one round
-    trip; queuing events either returns the rows' ids (for the relay of the process) or NOTIFYs the relays' channel
-    in that same statement (delivered at commit)."""
+    trip. With a relay in the process, queued events go with the transaction's other kept writes (shared.writes) and
+    return the rows' ids; without one, the statement queuing them also NOTIFYs the relays' channel (delivered at
+    commit)."""
 
     queue_events: Executable
     record_consumed: Executable
@@ -199,9 +216,7 @@ class MessagingStatements:
             "CAST(:value AS bytea[]), CAST(:headers AS text[]), CAST(:created_at AS timestamptz[])) WITH ORDINALITY "
             "AS queued(event_id, topic, message_key, value, headers, created_at, position) ORDER BY position"
         )
-        if returning_row_ids:
-            queue = f"{queue} RETURNING event_id, id"
-        elif notify_channel is not None:
+        if notify_channel is not None and not returning_row_ids:
             queue = f"WITH queued_events AS ({queue}) SELECT pg_notify(:channel, :origin)"
         queue_events = text(queue)
         if notify_channel is not None and not returning_row_ids:

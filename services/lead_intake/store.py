@@ -31,6 +31,7 @@ from services.lead_intake.domain import LEAD_FIELDS, Lead, lead_values
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
+from shared.writes import write_rows
 
 metadata = MetaData()
 add_messaging_tables(metadata)
@@ -216,9 +217,8 @@ async def load_lead(session: AsyncSession, *, lead_id: str) -> Lead | None:
 
 
 async def insert_leads(session: AsyncSession, *, new_leads: list[Lead]) -> None:
-    """Store new leads with one statement."""
-    if new_leads:
-        await session.execute(leads.insert(), [{**_row_of(lead), "updated_at": lead.captured_at} for lead in new_leads])
+    """Store new leads with one statement (sent with the transaction's other writes: shared.writes)."""
+    await write_rows(session, leads, [{**_row_of(lead), "updated_at": lead.captured_at} for lead in new_leads])
 
 
 async def update_lead(session: AsyncSession, *, lead: Lead, changed: list[str], at: datetime) -> None:
@@ -229,8 +229,7 @@ async def update_lead(session: AsyncSession, *, lead: Lead, changed: list[str], 
 
 async def add_history(session: AsyncSession, *, entries: list[dict[str, Any]]) -> None:
     """Keep what resubmissions changed: rows of lead_id, changed_at, source, changes."""
-    if entries:
-        await session.execute(lead_history.insert(), entries)
+    await write_rows(session, lead_history, entries)
 
 
 async def load_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:

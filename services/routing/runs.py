@@ -109,8 +109,9 @@ async def _save_turns(tx: Transaction, plan: RunPlan) -> None:
         for _, decision in plan.decided
         if decision.rep is not None and decision.via == "rule"
     }
-    for pool, rep_id in last_turns.items():
-        await store.save_rotation(tx.session, pool=pool, weights=dict(plan.view.rotations[pool]), rep_id=rep_id)
+    await store.save_rotations(
+        tx.session, [(pool, dict(plan.view.rotations[pool]), rep_id) for pool, rep_id in sorted(last_turns.items())]
+    )
 
 
 async def _record_all(

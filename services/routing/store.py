@@ -39,6 +39,7 @@ from services.routing.reps import Absence, Load, Rep, WorkingHours, parse_week
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables, strip_personal
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
+from shared.writes import update_rows, write_rows
 
 DEFAULT_POOL = "default"
 
@@ -575,10 +576,14 @@ async def peek_rotation(session: AsyncSession, *, pool: str) -> dict[str, int]:
 
 async def save_rotation(session: AsyncSession, *, pool: str, weights: dict[str, int], rep_id: str) -> None:
     """Store the pool's round-robin totals after a pick."""
-    await session.execute(_SAVE_ROTATION, {"rotated_pool": pool, "weights": weights, "last_rep_id": rep_id})
+    await save_rotations(session, [(pool, weights, rep_id)])
 
 
-_SAVE_ROTATION = update(rotations).where(rotations.c.pool == bindparam("rotated_pool"))
+async def save_rotations(session: AsyncSession, turns: Sequence[tuple[str, dict[str, int], str]]) -> None:
+    """Store (pool, round-robin totals, rep of the last pick) after picks, with one statement (sent with the
+    transaction's other writes: shared.writes)."""
+    rows = [{"pool": pool, "weights": weights, "last_rep_id": rep_id} for pool, weights, rep_id in turns]
+    await update_rows(session, rotations, rows, key=("pool",))
 
 
 # --- assignments ---------------------------------------------------------------------------------------------------
@@ -665,9 +670,8 @@ _RUN_LEADS = union_all(
 
 
 async def insert_assignments(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Store many leads' first routing decisions with one statement."""
-    if rows:
-        await session.execute(assignments.insert(), list(rows))
+    """Store many leads' first routing decisions with one statement (sent with the transaction's other writes)."""
+    await write_rows(session, assignments, rows)
 
 
 async def rescore_queued(session: AsyncSession, leads: Sequence[Mapping[str, Any]], *, at: datetime) -> None:
@@ -701,9 +705,9 @@ async def update_assignment(
 
 
 async def add_decisions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Append to leads' routing histories, in order, with one statement."""
-    if rows:
-        await session.execute(decisions.insert(), list(rows))
+    """Append to leads' routing histories, in order, with one statement (sent with the transaction's other
+    writes)."""
+    await write_rows(session, decisions, rows)
 
 
 async def lead_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from services.routing.store import stream_events
 from shared.envelope import CloudEvent, utc_now
 from shared.events import LeadRoutedV1
 from shared.uow import UnitOfWork
+from shared.writes import write_rows
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ async def append_events(session: AsyncSession, published: Sequence[tuple[CloudEv
          "at": now}
         for event, routed in published
     ]  # fmt: skip
-    await session.execute(stream_events.insert(), rows)
+    await write_rows(session, stream_events, rows)  # sent with the transaction's other writes
 
 
 async def events_after(

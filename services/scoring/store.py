@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,14 +19,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    TextClause,
     bindparam,
     delete,
     func,
     literal_column,
     null,
     select,
-    text,
     union_all,
     update,
 )
@@ -38,6 +35,7 @@ from services.scoring.rules import Touch
 from shared.db import Migration, UtcDateTime, add_columns, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
+from shared.writes import write_rows
 
 metadata = MetaData()
 add_messaging_tables(metadata)
@@ -477,19 +475,7 @@ async def load_job(session: AsyncSession, *, job_id: str) -> dict[str, Any] | No
 # --- upserts -----------------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _upsert(table_name: str, columns: tuple[str, ...], replaced: tuple[str, ...]) -> TextClause:
-    # Plain SQL with typed parameters (valid for PostgreSQL and SQLite), built once per shape: SQLAlchemy gives its
-    # dialect-specific ON CONFLICT construct no cache key, so it compiled that afresh on every run.
-    table = metadata.tables[table_name]
-    key = ", ".join(column.name for column in table.primary_key.columns)
-    moved = ", ".join(f"{name} = excluded.{name}" for name in replaced)
-    return text(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(f':{name}' for name in columns)}) "
-        f"ON CONFLICT ({key}) DO UPDATE SET {moved}"
-    ).bindparams(*(bindparam(name, type_=table.c[name].type) for name in columns))
-
-
 async def _save(session: AsyncSession, table: str, rows: Sequence[dict[str, Any]], replaced: tuple[str, ...]) -> None:
-    """Insert `rows` (one shape) into `table`, replacing the `replaced` columns of those already there."""
-    await session.execute(_upsert(table, tuple(rows[0]), replaced), list(rows))
+    """Insert `rows` (one shape) into `table`, replacing the `replaced` columns of those already there (sent with the
+    transaction's other writes: shared.writes)."""
+    await write_rows(session, metadata.tables[table], rows, replace=replaced)

@@ -1,0 +1,200 @@
+"""Blind writes that travel together: a transaction's inserts, upserts and updates kept until it next talks to the
+database, then sent as one statement.
+
+On PostgreSQL `write_rows` and `update_rows` send nothing: they keep the write with the session. The next statement
+the session runs (a hook on the session), or `send_writes` before a commit, first sends every write kept, as the
+data-modifying parts of one statement (`WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) SELECT ...`). A run of routed
+leads thus writes its assignments, decisions, stream events, turns and outbox rows in one round trip instead of one
+each: on a busy machine every round trip waits for the server's process and back.
+
+What a caller sees does not change:
+- the writes belong to the transaction that kept them; one that fails fails the statement that sends it (a read, or
+  the commit), and with it the transaction;
+- nothing the session runs overtakes a write kept before it, so every read sees the writes before it;
+- parts of one statement neither see each other's rows nor run in a set order, so two writes to one table never go
+  together: a second insert of the same shape joins the first (one array of rows, in order), any other sends what is
+  kept first.
+
+On SQLite every write runs at once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Row, Table, TextClause, bindparam, event, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session
+
+from shared.db import column_arrays, unnest_arrays, unnest_columns
+
+_KEPT = "baton.kept_writes"
+
+OnRows = Callable[[Sequence[Row[Any]]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a kept write's SQL depends on: built once per shape and position."""
+
+    table: Table
+    columns: tuple[str, ...]
+    replace: tuple[str, ...] | None = None  # insert: on a primary key already there, replace these columns
+    key: tuple[str, ...] | None = None  # update: the rows to change, by these columns
+    returning: tuple[str, ...] = ()
+
+    def sql(self, prefix: str) -> str:
+        arrays = unnest_arrays(self.table, self.columns, prefix=prefix)
+        given = unnest_columns(self.table, self.columns)
+        names = ", ".join(self.columns)
+        if self.key is not None:
+            changed = ", ".join(
+                f"{name} = {value}" for name, value in zip(self.columns, given, strict=True) if name not in self.key
+            )
+            matched = " AND ".join(f"{self.table.name}.{name} = given.{name}" for name in self.key)
+            sql = f"UPDATE {self.table.name} SET {changed} FROM unnest({arrays}) AS given({names}) WHERE {matched}"
+        else:
+            sql = (
+                f"INSERT INTO {self.table.name} ({names}) SELECT {', '.join(given)} FROM unnest({arrays}) "
+                f"WITH ORDINALITY AS given({names}, position) ORDER BY position"
+            )
+            if self.replace is not None:
+                primary_key = ", ".join(column.name for column in self.table.primary_key.columns)
+                moved = ", ".join(f"{name} = excluded.{name}" for name in self.replace)
+                sql += f" ON CONFLICT ({primary_key}) DO UPDATE SET {moved}"
+        if self.returning:
+            sql += f" RETURNING {', '.join(self.returning)}"
+        return sql
+
+
+@dataclass(slots=True)
+class _Write:
+    shape: _Shape
+    params: dict[str, list[Any]]
+    on_rows: list[OnRows] = field(default_factory=list)
+
+    def joins(self, other: _Write) -> bool:
+        """`other` can be added to this write's rows: inserts of the same shape, nothing replaced."""
+        return other.shape == self.shape and self.shape.replace is None and self.shape.key is None
+
+    def join(self, other: _Write) -> None:
+        for name, values in other.params.items():
+            self.params[name] = self.params[name] + values
+        self.on_rows.extend(other.on_rows)
+
+
+async def write_rows(
+    session: AsyncSession,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    replace: Sequence[str] | None = None,
+    returning: Sequence[str] = (),
+    on_rows: OnRows | None = None,
+) -> None:
+    """Insert `rows` (one shape) into `table`, in order. `replace`: a row whose primary key is already there replaces
+    those columns instead (no two rows may share a key). `on_rows` gets the `returning` columns of the rows written
+    (or of more rows: those of other writes of this shape sent with them)."""
+    if not rows:
+        return
+    columns = tuple(rows[0])
+    replaced = None if replace is None else tuple(replace)
+    if not _on_postgres(session):
+        statement = table.insert() if replaced is None else _sqlite_upsert(table, columns, replaced)
+        if returning:
+            statement = table.insert().returning(*(table.c[name] for name in returning))
+        result = await session.execute(statement, [dict(row) for row in rows])
+        if on_rows is not None:
+            on_rows(result.all())
+        return
+    shape = _Shape(table, columns, replace=replaced, returning=tuple(returning))
+    await _keep(session, _Write(shape, column_arrays(table, rows, columns), [on_rows] if on_rows else []))
+
+
+async def update_rows(
+    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str]
+) -> None:
+    """Set the other columns of `rows` (one shape) on the rows of `table` matching their `key` columns."""
+    if not rows:
+        return
+    columns, matched = tuple(rows[0]), tuple(key)
+    if not _on_postgres(session):
+        statement = (
+            update(table)
+            .where(*(table.c[name] == bindparam(f"key_{name}") for name in matched))
+            .values({name: bindparam(f"new_{name}") for name in columns if name not in matched})
+        )
+        await session.execute(
+            statement,
+            [{f"{'key' if name in matched else 'new'}_{name}": row[name] for name in columns} for row in rows],
+        )
+        return
+    await _keep(session, _Write(_Shape(table, columns, key=matched), column_arrays(table, rows, columns)))
+
+
+async def send_writes(session: AsyncSession) -> None:
+    """Send the writes kept so far (before a commit: the session runs nothing else that would)."""
+    kept: list[_Write] | None = session.info.pop(_KEPT, None)
+    if kept:
+        statement, params = _statement(kept)
+        _deliver(kept, (await session.execute(statement, params)).all())
+
+
+async def _keep(session: AsyncSession, write: _Write) -> None:
+    kept: list[_Write] = session.info.setdefault(_KEPT, [])
+    same_table = next((other for other in kept if other.shape.table is write.shape.table), None)
+    if same_table is not None and same_table.joins(write):
+        same_table.join(write)
+        return
+    if same_table is not None or (write.shape.returning and any(other.shape.returning for other in kept)):
+        await send_writes(session)
+        kept = session.info.setdefault(_KEPT, [])
+    kept.append(write)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _send_before_statement(state: ORMExecuteState) -> None:
+    """Whatever a session runs, the writes it kept go first."""
+    kept: list[_Write] | None = state.session.info.pop(_KEPT, None)
+    if kept:
+        statement, params = _statement(kept)
+        _deliver(kept, state.session.execute(statement, params).all())
+
+
+def _statement(kept: Sequence[_Write]) -> tuple[TextClause, dict[str, list[Any]]]:
+    params = {f"w{index}_{name}": values for index, write in enumerate(kept) for name, values in write.params.items()}
+    return _combined(tuple(write.shape for write in kept)), params
+
+
+@functools.lru_cache(maxsize=256)
+def _combined(shapes: tuple[_Shape, ...]) -> TextClause:
+    """One statement for writes of these shapes, in this order; its rows are those of the one that returns any."""
+    parts = ", ".join(f"w{index} AS ({shape.sql(f'w{index}_')})" for index, shape in enumerate(shapes))
+    returning = [index for index, shape in enumerate(shapes) if shape.returning]
+    result = f"SELECT * FROM w{returning[0]}" if returning else "SELECT 1"
+    return text(f"WITH {parts} {result}")
+
+
+def _deliver(kept: Sequence[_Write], rows: Sequence[Row[Any]]) -> None:
+    for write in kept:
+        for on_rows in write.on_rows:
+            on_rows(rows if write.shape.returning else ())
+
+
+def _on_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_upsert(table: Table, columns: tuple[str, ...], replaced: tuple[str, ...]) -> TextClause:
+    # Plain SQL with typed parameters, built once per shape: SQLAlchemy gives its dialect-specific ON CONFLICT
+    # construct no cache key, so it would compile that afresh on every call.
+    primary_key = ", ".join(column.name for column in table.primary_key.columns)
+    moved = ", ".join(f"{name} = excluded.{name}" for name in replaced)
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(f':{name}' for name in columns)}) "
+        f"ON CONFLICT ({primary_key}) DO UPDATE SET {moved}"
+    ).bindparams(*(bindparam(name, type_=table.c[name].type) for name in columns))

@@ -1,0 +1,156 @@
+"""Writes kept for the transaction's next statement (shared.writes): on PostgreSQL they travel together as one
+statement, and nothing a caller can observe differs from running each at once (as on SQLite)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, event, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db import Migration, UtcDateTime, create_tables, make_engine, make_sessions, migrate
+from shared.events import LeadRoutedV1
+from shared.outbox import CommittedEvent
+from shared.tables import INBOX, OUTBOX, add_messaging_tables
+from shared.uow import UnitOfWork
+from shared.writes import update_rows, write_rows
+
+metadata = MetaData()
+add_messaging_tables(metadata)
+notes = Table(
+    "notes",
+    metadata,
+    Column("note_id", String(36), primary_key=True),
+    Column("body", JSON, nullable=False),
+    Column("written_at", UtcDateTime(), nullable=False),
+    Column("tally", Integer),
+)
+tallies = Table("tallies", metadata, Column("name", String(50), primary_key=True), Column("count", Integer))
+MIGRATIONS = (Migration(1, "kept writes", create_tables(metadata, "notes", "tallies", OUTBOX, INBOX)),)
+AT = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A migrated engine on PostgreSQL (a fresh schema) or SQLite."""
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("database_url")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'kept.db'}"
+    engine = make_engine(url, schema=schema)
+    await migrate(engine, MIGRATIONS, schema=schema)
+    yield engine
+    await engine.dispose()
+
+
+class Statements:
+    """The statements an engine runs, as the server receives them."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.seen: list[str] = []
+        event.listen(engine.sync_engine, "before_cursor_execute", self._note)
+
+    def _note(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "PRAGMA")):
+            self.seen.append(statement)
+
+
+def note(number: int, **values: Any) -> dict[str, Any]:
+    return {"note_id": f"n{number}", "body": {"n": number, "tags": ["a"]}, "written_at": AT, "tally": None, **values}
+
+
+def routed(number: int) -> LeadRoutedV1:
+    return LeadRoutedV1(
+        lead_id=f"lead-{number}", assignment_id=f"a-{number}", kind="assigned", rep_id="rep-a", team=None,
+        reason="test", score=50, grade="B", routed_at=AT, sla_deadline=None,
+    )  # fmt: skip
+
+
+async def test_writes_before_the_commit_go_as_one_statement_and_the_relay_gets_every_row_id(
+    engine: AsyncEngine,
+) -> None:
+    handed: list[CommittedEvent] = []
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test", hand_over=handed.extend)
+    statements = Statements(engine)
+    async with uow.transaction() as tx:
+        await write_rows(tx.session, notes, [note(1), note(2)])
+        await tx.emit_all([routed(1), routed(2)])
+        await write_rows(tx.session, tallies, [{"name": "notes", "count": 2}])
+        await tx.emit(routed(3))  # joins the rows of the first emit
+        written = list(statements.seen)
+    sent = list(statements.seen)
+    async with uow.read() as session:
+        stored = (await session.execute(select(notes).order_by(notes.c.note_id))).mappings().all()
+        tally = await session.scalar(select(tallies.c.count))
+        outbox = (await session.execute(select(metadata.tables[OUTBOX]).order_by("id"))).mappings().all()
+    assert [(row["note_id"], row["body"], row["written_at"]) for row in stored] == [
+        ("n1", {"n": 1, "tags": ["a"]}, AT),
+        ("n2", {"n": 2, "tags": ["a"]}, AT),
+    ]
+    assert tally == 2
+    assert [row["value"] for row in outbox] == [event.record.value for event in handed]
+    assert [event.row_id for event in handed] == [row["id"] for row in outbox]
+    assert [row["event_id"] for row in outbox] == [event.id for event in tx.emitted]
+    if engine.dialect.name == "postgresql":
+        assert written == [], "a kept write was sent before the transaction's last statement"
+        assert len(sent) == 1, sent
+    else:
+        assert len(written) == 4
+
+
+async def test_a_read_sees_the_writes_kept_before_it(engine: AsyncEngine) -> None:
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test")
+    async with uow.transaction() as tx:
+        await write_rows(tx.session, notes, [note(1)])
+        await update_rows(tx.session, notes, [{"note_id": "n1", "tally": 7}], key=("note_id",))
+        assert await tx.session.scalar(select(notes.c.tally).where(notes.c.note_id == "n1")) == 7
+        await write_rows(tx.session, notes, [note(2)])
+    async with uow.read() as session:
+        assert list(await session.scalars(select(notes.c.note_id).order_by(notes.c.note_id))) == ["n1", "n2"]
+
+
+async def test_an_upsert_replaces_only_the_columns_named(engine: AsyncEngine) -> None:
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test")
+    async with uow.transaction() as tx:
+        await write_rows(tx.session, notes, [note(1, tally=1)])
+    async with uow.transaction() as tx:
+        await write_rows(tx.session, notes, [note(1, body={"n": 9}, tally=5), note(2)], replace=("body",))
+    async with uow.read() as session:
+        rows = (await session.execute(select(notes.c.note_id, notes.c.body, notes.c.tally).order_by("note_id"))).all()
+    assert [tuple(row) for row in rows] == [("n1", {"n": 9}, 1), ("n2", {"n": 2, "tags": ["a"]}, None)]
+
+
+async def test_a_kept_write_that_fails_fails_the_transaction_and_writes_nothing(engine: AsyncEngine) -> None:
+    handed: list[CommittedEvent] = []
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test", hand_over=handed.extend)
+    async with uow.transaction() as tx:
+        await write_rows(tx.session, notes, [note(1)])
+    with pytest.raises(IntegrityError):
+        async with uow.transaction() as tx:
+            await write_rows(tx.session, tallies, [{"name": "notes", "count": 1}])
+            await tx.emit(routed(1))
+            await write_rows(tx.session, notes, [note(2), note(1)])  # n1 is there already
+    async with uow.read() as session:
+        assert await session.scalar(select(tallies.c.count)) is None
+        assert list(await session.scalars(select(notes.c.note_id))) == ["n1"]
+        assert await session.scalar(select(metadata.tables[OUTBOX].c.id)) is None
+    assert handed == []
+
+
+async def test_writes_that_are_never_sent_leave_nothing_behind(engine: AsyncEngine) -> None:
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test")
+    with pytest.raises(RuntimeError):
+        async with uow.transaction() as tx:
+            await write_rows(tx.session, notes, [note(1)])
+            raise RuntimeError("the handler failed after writing")
+    async with uow.transaction() as tx:  # the next transaction sends none of them
+        await write_rows(tx.session, notes, [note(2)])
+    async with uow.read() as session:
+        assert list(await session.scalars(select(notes.c.note_id))) == ["n2"]
