@@ -72,7 +72,7 @@ async def _plan(
     pools = sorted({rule.pool for lead in fresh if (rule := policy.first_match(lead)) is not None})
     rotations = {pool: known.rotations[pool] for pool in pools if pool in known.rotations}
     rotations |= await store.lock_rotations(tx.session, pools=[pool for pool in pools if pool not in rotations])
-    reps, loads = await store.load_roster(tx.session) if fresh else ([], {})
+    reps, loads = ([], {}) if not fresh else known.roster or await store.load_roster(tx.session)
     return plan_run(leads, statuses=known.statuses, view=RoutingView(loads, rotations), policy=policy, reps=reps,
                     owners=known.owners, now=now)  # fmt: skip
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    CompoundSelect,
     Connection,
     Index,
     Integer,
@@ -608,7 +609,8 @@ class RunLeads:
     """What routing holds about a run's leads: which were erased, the routing status of those routed (their rows
     locked to the commit), the owners of their companies' accounts (by lower-cased domain), which routing policy is
     active, the round-robin totals of the pools asked for (their rows locked to the commit; a pool without a row is
-    absent), and whether any webhook subscription is active."""
+    absent), whether any webhook subscription is active, and on PostgreSQL every rep with their load (`roster`, as
+    `load_roster` reads it; None: not read)."""
 
     erased: set[str]
     statuses: dict[str, str | None]
@@ -616,6 +618,7 @@ class RunLeads:
     policy_version: int | None = None  # the active routing policy's (None: the default policy)
     rotations: dict[str, dict[str, int]] = field(default_factory=dict)
     subscribed: bool = True
+    roster: tuple[list[Rep], dict[str, Load]] | None = None
 
 
 async def read_run_leads(
@@ -628,8 +631,12 @@ async def read_run_leads(
     known = RunLeads(erased=set(), statuses={}, owners={}, subscribed=False)
     policy_version: int | None = None
     subscribed = False
-    for fact, key, value in await session.execute(_RUN_LEADS, parameters):
-        if fact == "erased":
+    postgres = session.get_bind().dialect.name == "postgresql"
+    rep_rows: list[dict[str, Any]] = []
+    for fact, key, value in await session.execute(_RUN_LEADS_AND_ROSTER if postgres else _RUN_LEADS, parameters):
+        if fact == "rep":
+            rep_rows.append(json.loads(value))
+        elif fact == "erased":
             known.erased.add(key)
         elif fact == "status":
             known.statuses[key] = value
@@ -641,7 +648,11 @@ async def read_run_leads(
             subscribed = True
         else:  # one is active (activating another retires it)
             policy_version = int(key)
-    return RunLeads(known.erased, known.statuses, known.owners, policy_version, known.rotations, subscribed)
+    roster = None
+    if postgres:
+        rep_rows.sort(key=lambda row: str(row["rep_id"]))
+        roster = [rep_from_row(row) for row in rep_rows], {row["rep_id"]: load_from_row(row) for row in rep_rows}
+    return RunLeads(known.erased, known.statuses, known.owners, policy_version, known.rotations, subscribed, roster)
 
 
 _ROUTING_STATUSES = (
@@ -666,6 +677,12 @@ _RUN_LEADS = union_all(
     select(literal_column("'policy'"), cast(policies.c.version, String), null()).where(policies.c.active),
     select(literal_column("'rotation'"), _LOCKED_ROTATIONS.c.pool, cast(_LOCKED_ROTATIONS.c.weights, String)),
     select(literal_column("'subscribed'"), null(), null()).where(exists().where(webhook_subscriptions.c.active)),
+)
+# PostgreSQL: the roster too, a row as JSON per rep (the round trip `load_roster` would take on its own).
+_ROSTER = _REPS_WITH_LOADS.order_by(None).subquery("roster")
+_RUN_LEADS_AND_ROSTER: CompoundSelect[tuple[str, str | None, str | None]] = union_all(
+    *_RUN_LEADS.selects,
+    select(literal_column("'rep'"), _ROSTER.c.rep_id, cast(func.row_to_json(literal_column("roster")), String)),
 )
 
 
