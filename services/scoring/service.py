@@ -73,7 +73,7 @@ async def on_leads_captured(tx: Transaction, run: Sequence[LeadCapturedV1], *, n
     now = now or utc_now()
     known = await store.known_about(tx.session, lead_ids=lead_ids)
     verdicts, held = known.verdicts, known.held
-    in_force = await store.models_in_force(tx.session)
+    in_force = known.in_force or await store.models_in_force(tx.session)
     version, model = await _model_of_version(tx, in_force.rules_version)
     captures = fold_captures(run, erased=known.erased, touches=known.touches)
     state: Mapping[str, Any] | None = in_force.learned  # until a held outcome is learned from

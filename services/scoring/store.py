@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    cast,
     delete,
     func,
     literal_column,
@@ -299,12 +301,14 @@ async def load_touches(session: AsyncSession, *, lead_id: str) -> list[Touch]:
 @dataclass(frozen=True)
 class Known:
     """What scoring already holds about a run's leads: which were erased, what each did (oldest first), their current
-    verdicts and the outcomes held for them (oldest first). Leads without any are left out."""
+    verdicts and the outcomes held for them (oldest first). Leads without any are left out. On PostgreSQL the
+    models in force too (`in_force`, as `models_in_force` reads them; None: not read)."""
 
     erased: set[str]
     touches: dict[str, list[Touch]]
     verdicts: dict[str, str]
     held: dict[str, list[tuple[str, datetime]]]
+    in_force: ModelsInForce | None = None
 
 
 async def known_about(session: AsyncSession, *, lead_ids: Sequence[str]) -> Known:
@@ -315,13 +319,19 @@ async def known_about(session: AsyncSession, *, lead_ids: Sequence[str]) -> Know
         return known
     touched: dict[str, list[tuple[datetime, int, str]]] = {}
     held: dict[str, list[tuple[int, str, datetime]]] = {}
-    for fact, lead_id, detail, at, position in await session.execute(_KNOWN, {"lead_ids": list(lead_ids)}):
+    in_force: ModelsInForce | None = None
+    postgres = session.get_bind().dialect.name == "postgresql"
+    statement = _KNOWN_AND_MODELS if postgres else _KNOWN
+    for fact, lead_id, detail, at, position in await session.execute(statement, {"lead_ids": list(lead_ids)}):
         if fact == "touch":
             touched.setdefault(lead_id, []).append((at, position, detail))
         elif fact == "held":
             held.setdefault(lead_id, []).append((position, detail, at))
         elif fact == "verdict":
             known.verdicts[lead_id] = detail
+        elif fact == "models":
+            learned = json.loads(detail)
+            in_force = ModelsInForce(rules_version=learned["active_version"], learned=learned)
         else:
             known.erased.add(lead_id)
     for lead_id, done in touched.items():
@@ -330,7 +340,7 @@ async def known_about(session: AsyncSession, *, lead_ids: Sequence[str]) -> Know
         known.held[lead_id] = [(kind, occurred_at) for _, kind, occurred_at in sorted(outcomes)]
     if known.held:
         await session.execute(delete(pending_outcomes).where(pending_outcomes.c.lead_id.in_(list(known.held))))
-    return known
+    return replace(known, in_force=in_force)
 
 
 def _known_statement() -> CompoundSelect[Any]:
@@ -385,15 +395,27 @@ async def load_weights(session: AsyncSession, *, tokens: list[str], state: Mappi
 
 
 _LEARNED_STATE = select(learned_state).where(learned_state.c.id == 1)
-_MODELS_IN_FORCE = select(
-    learned_state,
+_ACTIVE_VERSION = (
     select(scoring_models.c.version)
     .where(scoring_models.c.status == "active")
     .order_by(scoring_models.c.version)
     .limit(1)
     .scalar_subquery()
-    .label("active_version"),
-).where(learned_state.c.id == 1)
+)
+_MODELS_IN_FORCE = select(learned_state, _ACTIVE_VERSION.label("active_version")).where(learned_state.c.id == 1)
+# PostgreSQL: `_KNOWN` with the models in force as one more row, their state as JSON (a float's text in PostgreSQL
+# reads back as the same float), the round trip `models_in_force` would take on its own.
+_KNOWN_AND_MODELS: CompoundSelect[Any] = union_all(
+    *_KNOWN.selects,
+    select(
+        literal_column("'models'", String), null(),
+        cast(func.json_build_object(
+            "bias", learned_state.c.bias, "bias_accumulated", learned_state.c.bias_accumulated,
+            "outcomes", learned_state.c.outcomes, "active_version", _ACTIVE_VERSION,
+        ), String),
+        null(), null(),
+    ).where(learned_state.c.id == 1),
+)  # fmt: skip
 _LEARNED_WEIGHTS = select(learned_weights).where(learned_weights.c.token.in_(bindparam("tokens", expanding=True)))
 
 
