@@ -99,8 +99,10 @@ async def _capture_batch(
     the order of the rows.
     """
     emails = sorted({lead.email for lead in submitted})
-    stored = await store.find_leads_by_email(tx.session, emails=emails)
-    held = await store.take_held_activities(tx.session, emails=[email for email in emails if email not in stored])
+    stored, any_held = await store.find_leads_noting_held(tx.session, emails=emails)
+    held = {}
+    if any_held:
+        held = await store.take_held_activities(tx.session, emails=[email for email in emails if email not in stored])
     batch = _Batch(stored=stored, held=held, at=utc_now())
     results: list[tuple[str, CaptureStatus]] = []
     caused_by: list[int] = []  # for each event, the position of the submission behind it

@@ -20,7 +20,11 @@ from sqlalchemy import (
     any_,
     bindparam,
     delete,
+    exists,
+    literal_column,
+    null,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -184,6 +188,15 @@ def _email_among(column: ColumnElement[str], dialect: str) -> ColumnElement[bool
 
 # Built once per dialect: a statement reused across requests also keeps its SQL cache key.
 _LEADS_BY_EMAIL = {dialect: select(leads).where(_email_among(leads.c.email, dialect)) for dialect in _DIALECTS}
+_LEADS_NOTING_HELD = {
+    dialect: union_all(
+        select(leads, literal_column("0").label("held_waiting")).where(_email_among(leads.c.email, dialect)),
+        select(*(null() for _ in leads.c), literal_column("1")).where(
+            exists().where(_email_among(held_activities.c.email, dialect))
+        ),
+    )
+    for dialect in _DIALECTS
+}
 _HELD_FOR_EMAILS = {
     dialect: select(held_activities)
     .where(_email_among(held_activities.c.email, dialect))
@@ -203,6 +216,18 @@ async def find_leads_by_email(session: AsyncSession, *, emails: list[str]) -> di
     """The known leads among `emails`, by email."""
     rows = (await session.execute(_LEADS_BY_EMAIL[_dialect(session)], {"emails": emails})).mappings()
     return {row["email"]: _lead_of(row) for row in rows}
+
+
+async def find_leads_noting_held(session: AsyncSession, *, emails: list[str]) -> tuple[dict[str, Lead], bool]:
+    """`find_leads_by_email`, and whether any activity is held for one of `emails`, in one round trip (a batch
+    whose emails have none, nearly all, need not take any)."""
+    found, held = {}, False
+    for row in (await session.execute(_LEADS_NOTING_HELD[_dialect(session)], {"emails": emails})).mappings():
+        if row["held_waiting"]:
+            held = True
+        else:
+            found[row["email"]] = _lead_of(row)
+    return found, held
 
 
 async def lead_exists(session: AsyncSession, *, lead_id: str) -> str | None:

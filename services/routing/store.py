@@ -349,27 +349,37 @@ async def load_roster(session: AsyncSession) -> tuple[list[Rep], dict[str, Load]
 async def claim_capacity(session: AsyncSession, rep: Rep, *, today: date, count: int = 1) -> bool:
     """Count `count` more open (and today's new) leads for `rep` unless that passes a cap: compare-and-increment,
     so two replicas assigning at once can never both take the last slot. False (nothing counted) if it would."""
-    day = today.isoformat()
-    conditions = [rep_loads.c.rep_id == rep.rep_id]
-    if rep.max_open is not None:
-        conditions.append(rep_loads.c.open_leads <= rep.max_open - count)
-    if rep.max_per_day is not None:
-        room_today = rep_loads.c.new_on_day <= rep.max_per_day - count
-        if count <= max(rep.max_per_day, 1):  # a new day's first lead always counts, as one claim at a time would
-            conditions.append(or_(rep_loads.c.day.is_(None), rep_loads.c.day != day, room_today))
-        else:
-            conditions.append(and_(rep_loads.c.day == day, room_today))
-    result = await session.execute(
-        update(rep_loads)
-        .where(and_(*conditions))
-        .values(
-            open_leads=rep_loads.c.open_leads + count,
-            new_on_day=case((rep_loads.c.day == day, rep_loads.c.new_on_day + count), else_=count),
-            day=day,
-        )
-    )
+    parameters = {
+        "claimed_rep_id": rep.rep_id, "claimed": count, "today": today.isoformat(), "max_open": rep.max_open,
+        "max_per_day": rep.max_per_day,
+        # a new day's first lead always counts, as one claim at a time would
+        "first_fits": rep.max_per_day is not None and count <= max(rep.max_per_day, 1),
+    }  # fmt: skip
+    result = await session.execute(_CLAIM_CAPACITY, parameters)
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
+
+# One statement for every rep (a cap not set is a NULL parameter), built and compiled once: building it per claim
+# cost more CPU than running it.
+_claimed, _today = bindparam("claimed", type_=Integer), bindparam("today", type_=String)
+_max_open, _max_per_day = bindparam("max_open", type_=Integer), bindparam("max_per_day", type_=Integer)
+_CLAIM_CAPACITY = (
+    update(rep_loads)
+    .where(
+        rep_loads.c.rep_id == bindparam("claimed_rep_id", type_=String),
+        or_(_max_open.is_(None), rep_loads.c.open_leads <= _max_open - _claimed),
+        or_(
+            _max_per_day.is_(None),
+            and_(bindparam("first_fits", type_=Boolean), or_(rep_loads.c.day.is_(None), rep_loads.c.day != _today)),
+            and_(rep_loads.c.day == _today, rep_loads.c.new_on_day <= _max_per_day - _claimed),
+        ),
+    )
+    .values(
+        open_leads=rep_loads.c.open_leads + _claimed,
+        new_on_day=case((rep_loads.c.day == _today, rep_loads.c.new_on_day + _claimed), else_=_claimed),
+        day=_today,
+    )
+)
 
 _COUNT_CLAIMED = (
     update(rep_loads)
