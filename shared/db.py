@@ -98,7 +98,13 @@ def unnest_columns(table: Table, columns: Sequence[str]) -> list[str]:
 
 def _array_type(table: Table, name: str) -> str:
     column_type = table.c[name].type
-    return "text[]" if isinstance(column_type, JSON) else f"{column_type.compile(dialect=_POSTGRES)}[]"
+    if isinstance(column_type, JSON):
+        return "text[]"
+    if isinstance(column_type, String):
+        # Not varchar(n)[]: an explicit cast to varchar(n) cuts a longer value short without a word, where storing
+        # it in the column fails ("value too long"), as any other insert does.
+        return "varchar[]"
+    return f"{column_type.compile(dialect=_POSTGRES)}[]"
 
 
 def is_postgres(engine: AsyncEngine) -> bool:

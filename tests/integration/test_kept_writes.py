@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, event, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import Migration, UtcDateTime, create_tables, make_engine, make_sessions, migrate
@@ -154,3 +154,20 @@ async def test_writes_that_are_never_sent_leave_nothing_behind(engine: AsyncEngi
         await write_rows(tx.session, notes, [note(2)])
     async with uow.read() as session:
         assert list(await session.scalars(select(notes.c.note_id))) == ["n2"]
+
+
+async def test_a_value_too_long_for_its_column_is_never_cut_short(engine: AsyncEngine) -> None:
+    """PostgreSQL refuses it, as a plain insert would (an array cast to varchar(36)[] would cut it silently and
+    store another key); SQLite, which has no lengths, keeps it whole."""
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test")
+    long_id = "n-" + "x" * 60
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(DBAPIError, match="too long"):
+            async with uow.transaction() as tx:
+                await write_rows(tx.session, notes, [note(1, note_id=long_id)])
+    else:
+        async with uow.transaction() as tx:
+            await write_rows(tx.session, notes, [note(1, note_id=long_id)])
+    async with uow.read() as session:
+        stored = list(await session.scalars(select(notes.c.note_id)))
+    assert stored == ([] if engine.dialect.name == "postgresql" else [long_id])
