@@ -93,7 +93,8 @@ async def _claim_capacity(tx: Transaction, plan: RunPlan, *, now: datetime) -> b
     if not all(_fits(rep, current, counts[rep_id], now) for rep_id, rep in chosen.items()):
         return False
     await store.count_claims(
-        tx.session, [(rep_id, chosen[rep_id].local_day(now), counts[rep_id]) for rep_id in sorted(counts)]
+        tx.session,
+        [(rep_id, chosen[rep_id].local_day(now), counts[rep_id], current[rep_id]) for rep_id in sorted(counts)],
     )
     return True
 

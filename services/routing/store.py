@@ -381,28 +381,18 @@ _CLAIM_CAPACITY = (
     )
 )
 
-_COUNT_CLAIMED = (
-    update(rep_loads)
-    .where(rep_loads.c.rep_id == bindparam("claimant"))
-    .values(
-        open_leads=rep_loads.c.open_leads + bindparam("claimed"),
-        new_on_day=case(
-            (rep_loads.c.day == bindparam("claim_day"), rep_loads.c.new_on_day + bindparam("claimed")),
-            else_=bindparam("claimed"),
-        ),
-        day=bindparam("claim_day"),
-    )
-)
 
-
-async def count_claims(session: AsyncSession, claims: Sequence[tuple[str, date, int]]) -> None:
-    """Count each (rep id, their today, leads) claim on the rep's load row in one statement. Only for load rows
-    `lock_loads` locked and found with room: unlike `claim_capacity`, this checks no cap."""
-    if claims:
-        await session.execute(
-            _COUNT_CLAIMED,
-            [{"claimant": rep_id, "claim_day": today.isoformat(), "claimed": count} for rep_id, today, count in claims],
-        )
+async def count_claims(session: AsyncSession, claims: Sequence[tuple[str, date, int, Load]]) -> None:
+    """Count each (rep id, their today, leads, their load as `lock_loads` found it) claim on the rep's load row, with
+    one statement sent with the transaction's other writes. Only for load rows `lock_loads` locked and found with
+    room: the new values are worked out from the locked ones, and no cap is checked."""
+    counted = [(rep_id, load.with_new_leads(today, count)) for rep_id, today, count, load in claims]
+    rows = [
+        {"rep_id": rep_id, "open_leads": new.open_leads, "day": new.day.isoformat() if new.day else None,
+         "new_on_day": new.new_on_day}
+        for rep_id, new in counted
+    ]  # fmt: skip
+    await update_rows(session, rep_loads, rows, key=("rep_id",))
 
 
 async def lock_loads(session: AsyncSession, *, rep_ids: Sequence[str]) -> dict[str, Load]:

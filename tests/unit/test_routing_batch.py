@@ -241,7 +241,8 @@ async def test_claiming_several_leads_at_once_counts_as_claiming_them_one_at_a_t
             claimed = await store.claim_capacity(tx.session, rep, today=today, count=count)
             at_once = await store.lock_loads(tx.session, rep_ids=["rep-z"])
             await _load(tx, start)
-            await store.count_claims(tx.session, [("rep-z", today, count)])  # a run's claims, checked beforehand
+            locked = (await store.lock_loads(tx.session, rep_ids=["rep-z"]))["rep-z"]
+            await store.count_claims(tx.session, [("rep-z", today, count, locked)])  # a run's, checked beforehand
             counted = await store.lock_loads(tx.session, rep_ids=["rep-z"])
             await tx.session.execute(store.rep_loads.delete().where(store.rep_loads.c.rep_id == "rep-z"))
         assert claimed == all(singles) == has_room(rep, start, today, count)
