@@ -21,7 +21,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    TextClause,
     event,
     inspect,
     select,
@@ -62,17 +61,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 _POSTGRES = PGDialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves its constructor unannotated
 
 
-def unnest_insert(table: Table, columns: Sequence[str]) -> TextClause:
-    """PostgreSQL: insert the rows given by `column_arrays(table, rows, columns)`, in their order."""
-    names = ", ".join(columns)
-    return text(
-        f"INSERT INTO {table.name} ({names}) SELECT {', '.join(unnest_columns(table, columns))} "
-        f"FROM unnest({unnest_arrays(table, columns)}) WITH ORDINALITY AS given({names}, position) ORDER BY position"
-    )
-
-
 def column_arrays(table: Table, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
-    """The parameters of an `unnest_insert`: one list per column, converted as the column's type
+    """Rows as one list per column (the arrays `unnest_arrays` names), converted as the column's type
     would convert each value (JSON serialized, instants in UTC)."""
     arrays: dict[str, list[Any]] = {}
     for name in columns:

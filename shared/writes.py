@@ -43,6 +43,7 @@ class _Shape:
     table: Table
     columns: tuple[str, ...]
     replace: tuple[str, ...] | None = None  # insert: on a primary key already there, replace these columns
+    add: tuple[str, ...] | None = None  # insert: on a primary key already there, add to these columns
     key: tuple[str, ...] | None = None  # update: the rows to change, by these columns
     returning: tuple[str, ...] = ()
 
@@ -61,10 +62,7 @@ class _Shape:
                 f"INSERT INTO {self.table.name} ({names}) SELECT {', '.join(given)} FROM unnest({arrays}) "
                 f"WITH ORDINALITY AS given({names}, position) ORDER BY position"
             )
-            if self.replace is not None:
-                primary_key = ", ".join(column.name for column in self.table.primary_key.columns)
-                moved = ", ".join(f"{name} = excluded.{name}" for name in self.replace)
-                sql += f" ON CONFLICT ({primary_key}) DO UPDATE SET {moved}"
+            sql += _on_conflict(self.table, self.replace, self.add)
         if self.returning:
             sql += f" RETURNING {', '.join(self.returning)}"
         return sql
@@ -77,8 +75,10 @@ class _Write:
     on_rows: list[OnRows] = field(default_factory=list)
 
     def joins(self, other: _Write) -> bool:
-        """`other` can be added to this write's rows: inserts of the same shape, nothing replaced."""
-        return other.shape == self.shape and self.shape.replace is None and self.shape.key is None
+        """`other` can be added to this write's rows: plain inserts of the same shape (an upsert's rows could share a
+        key, which one statement cannot change twice)."""
+        shape = self.shape
+        return other.shape == shape and shape.replace is None and shape.add is None and shape.key is None
 
     def join(self, other: _Write) -> None:
         for name, values in other.params.items():
@@ -92,25 +92,29 @@ async def write_rows(
     rows: Sequence[Mapping[str, Any]],
     *,
     replace: Sequence[str] | None = None,
+    add: Sequence[str] | None = None,
     returning: Sequence[str] = (),
     on_rows: OnRows | None = None,
 ) -> None:
-    """Insert `rows` (one shape) into `table`, in order. `replace`: a row whose primary key is already there replaces
-    those columns instead (no two rows may share a key). `on_rows` gets the `returning` columns of the rows written
-    (or of more rows: those of other writes of this shape sent with them)."""
+    """Insert `rows` (one shape) into `table`, in order. A row whose primary key is already there instead replaces
+    the columns in `replace` and adds its values to those in `add` (with either, no two rows may share a key).
+    `on_rows` gets the `returning` columns of the rows written (or of more rows: those of other writes of this shape
+    sent with them)."""
     if not rows:
         return
     columns = tuple(rows[0])
     replaced = None if replace is None else tuple(replace)
+    added = None if add is None else tuple(add)
     if not _on_postgres(session):
-        statement = table.insert() if replaced is None else _sqlite_upsert(table, columns, replaced)
+        upsert = replaced is not None or added is not None
+        statement = _sqlite_upsert(table, columns, replaced, added) if upsert else table.insert()
         if returning:
             statement = table.insert().returning(*(table.c[name] for name in returning))
         result = await session.execute(statement, [dict(row) for row in rows])
         if on_rows is not None:
             on_rows(result.all())
         return
-    shape = _Shape(table, columns, replace=replaced, returning=tuple(returning))
+    shape = _Shape(table, columns, replace=replaced, add=added, returning=tuple(returning))
     await _keep(session, _Write(shape, column_arrays(table, rows, columns), [on_rows] if on_rows else []))
 
 
@@ -188,13 +192,23 @@ def _on_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+def _on_conflict(table: Table, replaced: tuple[str, ...] | None, added: tuple[str, ...] | None) -> str:
+    """What an insert does on a primary key already there (nothing special without columns to replace or add)."""
+    if replaced is None and added is None:
+        return ""
+    primary_key = ", ".join(column.name for column in table.primary_key.columns)
+    moved = [f"{name} = excluded.{name}" for name in replaced or ()]
+    moved += [f"{name} = {table.name}.{name} + excluded.{name}" for name in added or ()]
+    return f" ON CONFLICT ({primary_key}) DO UPDATE SET {', '.join(moved)}"
+
+
 @functools.lru_cache(maxsize=64)
-def _sqlite_upsert(table: Table, columns: tuple[str, ...], replaced: tuple[str, ...]) -> TextClause:
+def _sqlite_upsert(
+    table: Table, columns: tuple[str, ...], replaced: tuple[str, ...] | None, added: tuple[str, ...] | None
+) -> TextClause:
     # Plain SQL with typed parameters, built once per shape: SQLAlchemy gives its dialect-specific ON CONFLICT
     # construct no cache key, so it would compile that afresh on every call.
-    primary_key = ", ".join(column.name for column in table.primary_key.columns)
-    moved = ", ".join(f"{name} = excluded.{name}" for name in replaced)
     return text(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(f':{name}' for name in columns)}) "
-        f"ON CONFLICT ({primary_key}) DO UPDATE SET {moved}"
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(f':{name}' for name in columns)})"
+        + _on_conflict(table, replaced, added)
     ).bindparams(*(bindparam(name, type_=table.c[name].type) for name in columns))

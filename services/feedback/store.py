@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta
@@ -22,7 +21,6 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
-    bindparam,
     delete,
     select,
     text,
@@ -33,9 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.feedback.aggregates import AMOUNT_METRICS, METRICS, Delta, LeadCard, changes
 from services.feedback.domain import JourneyStep
 from shared import privacy
-from shared.db import Migration, UtcDateTime, column_arrays, create_tables, unnest_insert
+from shared.db import Migration, UtcDateTime, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables, scrub
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
+from shared.writes import write_rows
 
 metadata = MetaData()
 add_messaging_tables(metadata)
@@ -219,44 +218,25 @@ async def load_cards(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[
 
 
 async def save_cards(session: AsyncSession, *, new: Sequence[LeadCard], changed: Sequence[LeadCard]) -> None:
-    """Store many cards: one insert for the new ones (one array per column on PostgreSQL), one executemany update for
-    the changed ones (the report cells are the caller's: see add_changes_to_cells).
+    """Store many cards with the transaction's other writes (shared.writes): the new ones inserted, so a card another
+    transaction made meanwhile fails this one instead of being overwritten; the changed ones, locked by load_cards,
+    upserted on their primary key (the report cells are the caller's: see add_changes_to_cells).
 
-    The update stays a row at a time, by primary key. Joined to arrays in one statement, it made a bench run's
-    PostgreSQL use 70 to 82 % of a core at 100 to 200 leads/s instead of about 30, most likely on a plan made while
-    the table was small (a scan of it) and kept."""
-    if new:
-        rows = [card_values(card) for card in new]
-        if session.bind.dialect.name == "postgresql":
-            await session.execute(_CARD_INSERT, column_arrays(lead_cards, rows, _CARD_COLUMNS))
-        else:
-            await session.execute(lead_cards.insert(), rows)
-    if changed:
-        await session.execute(_card_update(), [{**card_values(card), "card_id": card.lead_id} for card in changed])
+    Not an UPDATE: PostgreSQL plans it once per connection, and one prepared while the table was empty kept finding
+    the card through ix_lead_cards_search (captured_at, lead_id), reading the whole index for each card (0.3 ms, a
+    fifth of a core at 300 leads/s). An upsert finds it through the primary key, whatever the plan."""
+    await write_rows(session, lead_cards, [card_values(card) for card in new])
+    await write_rows(session, lead_cards, [card_values(card) for card in changed], replace=_CARD_CHANGES)
 
 
-_CARD_COLUMNS = tuple(column.name for column in lead_cards.c)
-_CARD_INSERT = unnest_insert(lead_cards, _CARD_COLUMNS)
-
-
-@functools.cache
-def _card_update() -> Any:
-    columns = [column for column in lead_cards.c if column.name != "lead_id"]
-    return (
-        update(lead_cards)
-        .where(lead_cards.c.lead_id == bindparam("card_id"))
-        .values({column.name: bindparam(column.name, type_=column.type) for column in columns})
-    )
+_CARD_CHANGES = tuple(column.name for column in lead_cards.c if column.name != "lead_id")
 
 
 async def save_card(session: AsyncSession, before: LeadCard | None, after: LeadCard) -> None:
     """Store the card and move the report cells by the difference it makes."""
-    if before is None:
-        await session.execute(lead_cards.insert().values(**card_values(after)))
-    elif before != after:
-        await session.execute(
-            update(lead_cards).where(lead_cards.c.lead_id == after.lead_id).values(**card_values(after))
-        )
+    await save_cards(
+        session, new=[after] if before is None else [], changed=[after] if before not in (None, after) else []
+    )
     await add_to_cells(session, changes(before, after))
 
 
@@ -268,7 +248,7 @@ async def add_to_cells(session: AsyncSession, deltas: Sequence[Delta]) -> None:
 async def add_changes_to_cells(session: AsyncSession, changes: Sequence[Sequence[Delta]]) -> None:
     """Add many changes to the cells, each the deltas of one event: every distinct daily and monthly cell touched is
     upserted once (created at zero if new), by exactly what adding the changes one after the other would have added
-    to it. One statement shape for every call, executed for many rows, so it is compiled once per process."""
+    to it, with the transaction's other writes."""
     stored = _sqlite_stored if session.bind.dialect.name == "sqlite" else _postgres_stored
     daily: dict[tuple[str, str, str], dict[str, Any]] = {}
     monthly: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -281,17 +261,9 @@ async def add_changes_to_cells(session: AsyncSession, changes: Sequence[Sequence
         for key, amounts in months.items():  # one change's rollup is summed before it is stored, as a statement's
             _add(monthly.setdefault(key, {}), amounts, stored)
     for table, period, cells in ((report_cells, "day", daily), (report_cells_monthly, "month", monthly)):
-        if not cells:
-            continue
         rows = [{period: at, "dimension": dimension, "value": value, **_full(amounts)}
                 for (at, dimension, value), amounts in cells.items()]  # fmt: skip
-        if session.bind.dialect.name == "postgresql":
-            # One parameter set of column arrays: far less per-row work in the driver than an executemany.
-            await session.execute(
-                _upsert_columns(table, period), {name: [row[name] for row in rows] for name in rows[0]}
-            )
-        else:
-            await session.execute(_upsert(table, period), rows)
+        await write_rows(session, table, rows, add=METRICS)
 
 
 def _add(total: dict[str, Any], amounts: Mapping[str, Any], stored: Callable[[Any], Any]) -> None:
@@ -311,34 +283,6 @@ def _postgres_stored(amount: Any) -> Any:
 def _sqlite_stored(amount: Any) -> Any:
     # sqlite3 binds no Decimal; its NUMERIC is a float anyway.
     return float(amount) if isinstance(amount, Decimal) else amount
-
-
-@functools.cache
-def _upsert(table: Table, period: str) -> Any:
-    # Plain SQL (valid for PostgreSQL and SQLite): SQLAlchemy would compile its ON CONFLICT construct afresh on
-    # every call, which cost three quarters of an event's time.
-    keys = [period, "dimension", "value"]
-    columns = ", ".join([*keys, *METRICS])
-    values = ", ".join(f":{name}" for name in [*keys, *METRICS])
-    moved = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in METRICS)
-    return text(
-        f"INSERT INTO {table.name} ({columns}) VALUES ({values}) ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {moved}"
-    )
-
-
-@functools.cache
-def _upsert_columns(table: Table, period: str) -> Any:
-    # PostgreSQL: the rows arrive as one array per column and are unnested into the same upsert.
-    keys = [period, "dimension", "value"]
-    arrays = [f"CAST(:{name} AS text[])" for name in keys] + [
-        f"CAST(:{name} AS {'numeric' if name in AMOUNT_METRICS else 'int'}[])" for name in METRICS
-    ]
-    columns = ", ".join([*keys, *METRICS])
-    moved = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in METRICS)
-    return text(
-        f"INSERT INTO {table.name} ({columns}) SELECT * FROM unnest({', '.join(arrays)}) "
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {moved}"
-    )
 
 
 def _full(amounts: Mapping[str, Any]) -> dict[str, Any]:
@@ -364,7 +308,7 @@ async def hold_outcomes(session: AsyncSession, *, events: Sequence[Mapping[str, 
              "received_at": at + timedelta(microseconds=number)}
             for number, event in enumerate(events)
         ]  # fmt: skip
-        await session.execute(pending_outcomes.insert(), rows)
+        await write_rows(session, pending_outcomes, rows)
 
 
 async def take_pending_outcomes(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
@@ -388,17 +332,8 @@ async def add_step(session: AsyncSession, *, event_id: str, step: JourneyStep) -
 
 
 async def add_steps(session: AsyncSession, *, steps: Sequence[tuple[str, JourneyStep]]) -> None:
-    """Append many (event id, step) pairs to their leads' journeys, in order, with one statement."""
-    if steps:
-        rows = [{"event_id": event_id, **_step_values(step)} for event_id, step in steps]
-        if session.bind.dialect.name == "postgresql":  # one array per column
-            await session.execute(_STEP_INSERT, column_arrays(timeline, rows, _STEP_COLUMNS))
-        else:
-            await session.execute(timeline.insert(), rows)
-
-
-_STEP_COLUMNS = ("event_id", *_STEP_FIELDS)
-_STEP_INSERT = unnest_insert(timeline, _STEP_COLUMNS)
+    """Append many (event id, step) pairs to their leads' journeys, in order, with the transaction's other writes."""
+    await write_rows(session, timeline, [{"event_id": event_id, **_step_values(step)} for event_id, step in steps])
 
 
 def _step_values(step: JourneyStep) -> dict[str, Any]:

@@ -127,6 +127,21 @@ async def test_an_upsert_replaces_only_the_columns_named(engine: AsyncEngine) ->
     assert [tuple(row) for row in rows] == [("n1", {"n": 9}, 1), ("n2", {"n": 2, "tags": ["a"]}, None)]
 
 
+async def test_an_upsert_adds_to_the_columns_named_and_two_of_one_shape_add_up(engine: AsyncEngine) -> None:
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test")
+    async with uow.transaction() as tx:
+        await write_rows(tx.session, tallies, [{"name": "won", "count": 2}])
+    async with uow.transaction() as tx:
+        # the same key in both writes: one statement could not change that row twice, so they must not join
+        await write_rows(
+            tx.session, tallies, [{"name": "won", "count": 3}, {"name": "lost", "count": 1}], add=("count",)
+        )
+        await write_rows(tx.session, tallies, [{"name": "won", "count": 4}], add=("count",))
+    async with uow.read() as session:
+        rows = (await session.execute(select(tallies).order_by(tallies.c.name))).all()
+    assert [tuple(row) for row in rows] == [("lost", 1), ("won", 9)]
+
+
 async def test_a_kept_write_that_fails_fails_the_transaction_and_writes_nothing(engine: AsyncEngine) -> None:
     handed: list[CommittedEvent] = []
     uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test", hand_over=handed.extend)
