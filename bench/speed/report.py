@@ -94,6 +94,7 @@ def _warmup_line(warmup: dict[str, Any]) -> str:
         f"warm-up before the rates (not judged): {warmup['rate']:.0f}/s for {warmup['seconds']:.0f} s, speed to lead "
         f"p50/p99 {speed['p50']}/{speed['p99']} ms, Kafka CPU {warmup['cpu'].get('kafka', 0):.0f} %, "
         f"lost {warmup['lost']}, duplicated {warmup['duplicates']}; lag settled in {warmup['quiesce_seconds']} s"
+        + (f"; VACUUM ANALYZE took {warmup['maintenance_seconds']} s" if "maintenance_seconds" in warmup else "")
     )
 
 
