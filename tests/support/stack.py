@@ -116,7 +116,7 @@ class Stack:
         """Describe the stack (every service also gets `extra_env`, e.g. broker security); nothing starts until
         `start`. A second stack on the same broker needs a `group_suffix`: with the same consumer groups the two
         stacks would split the partitions, each applying half of the other's events to its own database."""
-        stack = cls()
+        stack = cls(database_url=database_url)
         log_dir.mkdir(parents=True, exist_ok=True)
         for name in SERVICES:
             port = free_port()
@@ -171,7 +171,6 @@ def running_stack(
         extra_env=extra_env,
         group_suffix=group_suffix,
     )
-    stack.database_url = database_url
     try:
         stack.start()
         for rep in reps:
