@@ -5,9 +5,10 @@ the outbox row as the CloudEvents distributed-tracing extension, which Kafka's b
 `ce_traceparent` / `ce_tracestate`; a consumer applies each event in a child span of that context, so what its
 handler emits stays in the same trace. Logs carry the current trace id and lead id.
 
-Spans go nowhere by default. With OTEL_EXPORTER_OTLP_ENDPOINT set they are exported over OTLP/HTTP, provided the
-exporter is installed (`pip install opentelemetry-exporter-otlp-proto-http==1.45.2`; it is not a dependency:
-it brings protobuf and requests along for something most runs do not use).
+Spans go nowhere by default: they carry the trace context (a new span id, the parent's trace id, flags and state,
+as the SDK's spans would) and record nothing. With OTEL_EXPORTER_OTLP_ENDPOINT set they are recorded and exported
+over OTLP/HTTP, provided the exporter is installed (`pip install opentelemetry-exporter-otlp-proto-http==1.45.2`;
+it is not a dependency: it brings protobuf and requests along for something most runs do not use).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.util.types import Attributes, AttributeValue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.envelope import CloudEvent
@@ -48,25 +51,72 @@ _request_scope: ContextVar[Mapping[str, Any] | None] = ContextVar("baton_request
 
 
 def configure_tracing(service_name: str) -> None:
-    """Install the SDK tracer provider once per process (the first service started in a process names it)."""
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
+    """Install the process's tracer provider once (the first service started in a process names it): the SDK's,
+    exporting, when OTEL_EXPORTER_OTLP_ENDPOINT names where to; otherwise one whose spans only carry context."""
+    if isinstance(trace.get_tracer_provider(), TracerProvider | ContextOnlyTracerProvider):
+        return
+    exporter = _otlp_exporter() if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else None
+    if exporter is None:
+        trace.set_tracer_provider(ContextOnlyTracerProvider())
         return
     provider = TracerProvider(resource=Resource.create({"service.name": f"baton-{service_name}"}))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        _add_otlp_exporter(provider)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
 
 
-def _add_otlp_exporter(provider: TracerProvider) -> None:
+def _otlp_exporter() -> Any:
     try:
         exporter_module = importlib.import_module(OTLP_EXPORTER_MODULE)
     except ImportError:
         log.warning(
             "OTEL_EXPORTER_OTLP_ENDPOINT is set but %s is not installed: spans are not exported", OTLP_EXPORTER_MODULE
         )
-        return
+        return None
     # The exporter reads the endpoint, headers and timeout from the standard OTEL_EXPORTER_OTLP_* variables.
-    provider.add_span_processor(BatchSpanProcessor(exporter_module.OTLPSpanExporter()))
+    return exporter_module.OTLPSpanExporter()
+
+
+class ContextOnlyTracer(trace.NoOpTracer):
+    """Spans that carry the trace context and record nothing, for a process that exports no spans. Each gets a new
+    span id under its parent's trace id, flags and state (a new sampled trace without a parent), as the SDK's do;
+    logs, outbox headers and the 202's trace stay the same. The SDK would build, time and drop a recorded span per
+    request and per consumed event: a tenth of feedback's CPU at 400 leads/s."""
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid:
+            trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+        else:
+            trace_id, flags, state = _IDS.generate_trace_id(), TraceFlags(TraceFlags.SAMPLED), TraceState()
+        span_context = SpanContext(trace_id, _IDS.generate_span_id(), False, flags, state)
+        return NonRecordingSpan(span_context)
+
+
+class ContextOnlyTracerProvider(trace.NoOpTracerProvider):
+    """Hands out ContextOnlyTracer."""
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Attributes = None,
+    ) -> trace.Tracer:
+        return _CONTEXT_ONLY
+
+
+_IDS = RandomIdGenerator()
+_CONTEXT_ONLY = ContextOnlyTracer()
 
 
 @functools.cache

@@ -12,6 +12,8 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,7 +26,7 @@ from shared.envelope import CloudEvent
 from shared.events import LeadRoutedV1, LeadScoredV1, parse_payload
 from shared.logs import JsonFormatter
 from shared.tables import OUTBOX
-from shared.tracing import configure_tracing, consume_span, install_tracing, log_fields
+from shared.tracing import ContextOnlyTracerProvider, configure_tracing, consume_span, install_tracing, log_fields
 from shared.uow import Transaction, UnitOfWork
 from tests.support.inprocess import ADMIN_KEY, offline_settings, running
 from tests.unit.fakes import FakePublisher, messaging_schema
@@ -177,3 +179,23 @@ def test_json_logs_name_the_trace_and_the_lead_while_an_event_is_applied() -> No
 
     assert (inside["trace_id"], inside["lead_id"]) == (TRACE_ID, "lead-5")
     assert "trace_id" not in outside and "lead_id" not in outside
+
+
+def test_without_an_exporter_spans_carry_the_parents_trace_under_a_new_span_id_and_record_nothing() -> None:
+    assert isinstance(trace.get_tracer_provider(), ContextOnlyTracerProvider)  # no OTEL_EXPORTER_OTLP_ENDPOINT here
+    tracer = trace.get_tracer("test")
+    parent = TraceContextTextMapPropagator().extract({"traceparent": TRACEPARENT, "tracestate": "vendor=1"})
+    with tracer.start_as_current_span("child", context=parent) as span:
+        context = span.get_span_context()
+        assert not span.is_recording()
+        assert format(context.trace_id, "032x") == TRACE_ID
+        assert format(context.span_id, "016x") not in ("00f067aa0ba902b7", "0" * 16)
+        assert (context.trace_flags.sampled, context.trace_state.get("vendor")) == (True, "1")
+        assert log_fields()["trace_id"] == TRACE_ID
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        assert carrier["traceparent"] == f"00-{TRACE_ID}-{context.span_id:016x}-01"
+    unsampled = TraceContextTextMapPropagator().extract({"traceparent": TRACEPARENT[:-2] + "00"})
+    assert not tracer.start_span("child", context=unsampled).get_span_context().trace_flags.sampled
+    first, second = (tracer.start_span("root").get_span_context() for _ in range(2))
+    assert first.is_valid and first.trace_flags.sampled and first.trace_id != second.trace_id
