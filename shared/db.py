@@ -21,14 +21,18 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    any_,
+    bindparam,
     event,
     inspect,
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from shared.envelope import utc_now
@@ -95,6 +99,16 @@ def _array_type(table: Table, name: str) -> str:
         # it in the column fails ("value too long"), as any other insert does.
         return "varchar[]"
     return f"{column_type.compile(dialect=_POSTGRES)}[]"
+
+
+def among(column: ColumnElement[str], name: str, dialect: str) -> ColumnElement[bool]:
+    """`column IN :name`, one statement whatever the number of values: `= ANY(:name)` on PostgreSQL, where an IN
+    list is a new statement for every number of values (prepared anew by the server, a round trip more, and planned
+    with every value: 4 to 20 ms for a feedback batch's few hundred leads); an expanding IN elsewhere. The array is
+    `varchar[]`, not `varchar(n)[]`, which would cut a longer value short and find another row."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(String())))
+    return column.in_(bindparam(name, expanding=True))
 
 
 def is_postgres(engine: AsyncEngine) -> bool:

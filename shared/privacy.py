@@ -11,10 +11,10 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Column, MetaData, Select, String, Table, bindparam, select
+from sqlalchemy import Column, MetaData, Select, String, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import UtcDateTime
+from shared.db import UtcDateTime, among
 from shared.envelope import utc_now
 
 ERASED_LEADS = "erased_leads"
@@ -68,16 +68,16 @@ async def mark_erased(session: AsyncSession, metadata: MetaData, *, lead_id: str
 
 
 @functools.cache
-def _erased_among(table: Table) -> Select[tuple[str]]:
+def _erased_among(table: Table, dialect: str) -> Select[tuple[str]]:
     # Built once per service: building a statement takes about half the CPU of running it.
-    return select(table.c.lead_id).where(table.c.lead_id.in_(bindparam("lead_ids", expanding=True)))
+    return select(table.c.lead_id).where(among(table.c.lead_id, "lead_ids", dialect))
 
 
 async def erased_among(session: AsyncSession, metadata: MetaData, *, lead_ids: Sequence[str]) -> set[str]:
     """Which of `lead_ids` were erased (so anything personal about them must not be stored)."""
     if not lead_ids:
         return set()
-    query = _erased_among(metadata.tables[ERASED_LEADS])
+    query = _erased_among(metadata.tables[ERASED_LEADS], session.get_bind().dialect.name)
     return set((await session.scalars(query, {"lead_ids": list(lead_ids)})).all())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta
@@ -31,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.feedback.aggregates import AMOUNT_METRICS, METRICS, Delta, LeadCard, changes
 from services.feedback.domain import JourneyStep
 from shared import privacy
-from shared.db import Migration, UtcDateTime, create_tables
+from shared.db import Migration, UtcDateTime, among, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables, scrub
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import write_rows
@@ -212,9 +213,14 @@ async def load_cards(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[
     transactions locking overlapping leads queue instead of deadlocking."""
     if not lead_ids:
         return {}
-    query = select(lead_cards).where(lead_cards.c.lead_id.in_(lead_ids)).order_by(lead_cards.c.lead_id)
-    rows = (await session.execute(query.with_for_update())).mappings()
-    return {row["lead_id"]: card_from_row(dict(row)) for row in rows}
+    rows = await session.execute(_cards_locked(session.get_bind().dialect.name), {"lead_ids": list(lead_ids)})
+    return {row["lead_id"]: card_from_row(dict(row)) for row in rows.mappings()}
+
+
+@functools.cache
+def _cards_locked(dialect: str) -> Any:
+    among_leads = among(lead_cards.c.lead_id, "lead_ids", dialect)
+    return select(lead_cards).where(among_leads).order_by(lead_cards.c.lead_id).with_for_update()
 
 
 async def save_cards(session: AsyncSession, *, new: Sequence[LeadCard], changed: Sequence[LeadCard]) -> None:
@@ -315,15 +321,25 @@ async def take_pending_outcomes(session: AsyncSession, *, lead_ids: Sequence[str
     """The outcomes waiting for these leads, per lead, oldest first, removed."""
     if not lead_ids:
         return {}
-    waiting = pending_outcomes.c.lead_id.in_(lead_ids)
-    query = select(pending_outcomes.c.lead_id, pending_outcomes.c.event).where(waiting)
-    rows = (await session.execute(query.order_by(pending_outcomes.c.received_at))).all()
+    dialect, given = session.get_bind().dialect.name, {"lead_ids": list(lead_ids)}
     taken: dict[str, list[dict[str, Any]]] = {}
-    for lead_id, event in rows:
+    for lead_id, event in (await session.execute(_pending_for(dialect), given)).all():
         taken.setdefault(lead_id, []).append(event)
     if taken:
-        await session.execute(delete(pending_outcomes).where(waiting))
+        await session.execute(_release_pending(dialect), given)
     return taken
+
+
+@functools.cache
+def _pending_for(dialect: str) -> Any:
+    waiting = among(pending_outcomes.c.lead_id, "lead_ids", dialect)
+    columns = (pending_outcomes.c.lead_id, pending_outcomes.c.event)
+    return select(*columns).where(waiting).order_by(pending_outcomes.c.received_at)
+
+
+@functools.cache
+def _release_pending(dialect: str) -> Any:
+    return delete(pending_outcomes).where(among(pending_outcomes.c.lead_id, "lead_ids", dialect))
 
 
 async def add_step(session: AsyncSession, *, event_id: str, step: JourneyStep) -> None:

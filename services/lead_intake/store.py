@@ -17,8 +17,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    any_,
-    bindparam,
     delete,
     exists,
     literal_column,
@@ -27,12 +25,10 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.elements import ColumnElement
 
 from services.lead_intake.domain import LEAD_FIELDS, Lead, lead_values
-from shared.db import Migration, UtcDateTime, add_columns, create_tables
+from shared.db import Migration, UtcDateTime, add_columns, among, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import write_rows
@@ -178,33 +174,25 @@ async def find_lead_by_email(session: AsyncSession, *, email: str) -> Lead | Non
     return _lead_of(row) if row else None
 
 
-def _email_among(column: ColumnElement[str], dialect: str) -> ColumnElement[bool]:
-    """`column IN :emails`. On PostgreSQL `= ANY(:emails)`: one prepared statement whatever the number of emails,
-    where an IN list makes a new statement (a server-side prepare) for every batch size."""
-    if dialect == "postgresql":
-        return column == any_(bindparam("emails", type_=ARRAY(String)))
-    return column.in_(bindparam("emails", expanding=True))
-
-
 # Built once per dialect: a statement reused across requests also keeps its SQL cache key.
-_LEADS_BY_EMAIL = {dialect: select(leads).where(_email_among(leads.c.email, dialect)) for dialect in _DIALECTS}
+_LEADS_BY_EMAIL = {dialect: select(leads).where(among(leads.c.email, "emails", dialect)) for dialect in _DIALECTS}
 _LEADS_NOTING_HELD = {
     dialect: union_all(
-        select(leads, literal_column("0").label("held_waiting")).where(_email_among(leads.c.email, dialect)),
+        select(leads, literal_column("0").label("held_waiting")).where(among(leads.c.email, "emails", dialect)),
         select(*(null() for _ in leads.c), literal_column("1")).where(
-            exists().where(_email_among(held_activities.c.email, dialect))
+            exists().where(among(held_activities.c.email, "emails", dialect))
         ),
     )
     for dialect in _DIALECTS
 }
 _HELD_FOR_EMAILS = {
     dialect: select(held_activities)
-    .where(_email_among(held_activities.c.email, dialect))
+    .where(among(held_activities.c.email, "emails", dialect))
     .order_by(held_activities.c.occurred_at)
     for dialect in _DIALECTS
 }
 _RELEASE_HELD = {
-    dialect: delete(held_activities).where(_email_among(held_activities.c.email, dialect)) for dialect in _DIALECTS
+    dialect: delete(held_activities).where(among(held_activities.c.email, "emails", dialect)) for dialect in _DIALECTS
 }
 
 
