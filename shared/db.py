@@ -104,8 +104,8 @@ def _array_type(table: Table, name: str) -> str:
 def among(column: ColumnElement[str], name: str, dialect: str) -> ColumnElement[bool]:
     """`column IN :name`, one statement whatever the number of values: `= ANY(:name)` on PostgreSQL, where an IN
     list is a new statement for every number of values (prepared anew by the server, a round trip more, and planned
-    with every value: 4 to 20 ms for a feedback batch's few hundred leads); an expanding IN elsewhere. The array is
-    `varchar[]`, not `varchar(n)[]`, which would cut a longer value short and find another row."""
+    with every value); an expanding IN elsewhere. The array is `varchar[]`, not `varchar(n)[]`, which would cut a
+    longer value short and find another row."""
     if dialect == "postgresql":
         return column == any_(bindparam(name, type_=ARRAY(String())))
     return column.in_(bindparam(name, expanding=True))
