@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Executable, MetaData, Row, Table, TextClause, text
 from sqlalchemy.dialects import sqlite
@@ -20,6 +20,8 @@ from shared.outbox import CommittedEvent
 from shared.tables import INBOX, OUTBOX
 from shared.tracing import trace_headers
 from shared.writes import send_writes, write_rows
+
+Kept = TypeVar("Kept")
 
 
 class Transaction:
@@ -36,6 +38,25 @@ class Transaction:
         # Set by the consumer while a batch handler runs: each lead's trace context, so events emitted for a lead
         # continue the trace of the event that caused them (one handler call serves many traces).
         self.traces_by_lead: dict[str, list[list[str]]] = {}
+        # Work handlers keep for the rest of the transaction, by name, and how each is finished (see `keep`).
+        self._kept: dict[str, tuple[Any, Callable[[Any], Awaitable[None]]]] = {}
+
+    def keep(self, name: str, start: Callable[[], Kept], finish: Callable[[Kept], Awaitable[None]]) -> Kept:
+        """The work kept under `name` in this transaction, started with `start()` if there is none: the handlers of
+        one consumed batch add to it, and `finish(work)` writes it once, before the commit or when `finish(name)`
+        is awaited (as work that reads or changes the same rows another way must first)."""
+        if name not in self._kept:
+            self._kept[name] = (start(), finish)
+        work: Kept = self._kept[name][0]
+        return work
+
+    async def finish(self, name: str | None = None) -> None:
+        """Finish the work kept under `name` (None: all of it, in the order it was started); what is finished is no
+        longer kept."""
+        for kept in [name] if name is not None else list(self._kept):
+            if kept in self._kept:
+                work, finish = self._kept.pop(kept)
+                await finish(work)
 
     async def emit(self, payload: EventPayload, *, event_id: str | None = None) -> CloudEvent:
         """Queue `payload` for publication on its topic; it is published only if this transaction commits."""
@@ -150,6 +171,7 @@ class UnitOfWork:
                 session, source=self._source, statements=self._statements_for(session), outbox=self._outbox
             )
             yield tx
+            await tx.finish()
             await send_writes(session)  # what the transaction kept to send with its last statement
         if tx.queued and self._hand_over is not None:
             self._hand_over(tx.queued)

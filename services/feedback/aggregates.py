@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 # Speed-to-lead histogram: upper bounds in seconds (the last bucket is everything slower).
@@ -141,14 +141,25 @@ def _metrics(card: LeadCard) -> dict[str, float | Decimal]:
     }
     amounts.update({name: 1 for name, on in flags.items() if on})
     if card.state == "won" and card.won_amount is not None:
-        amounts["won_amount"] = card.won_amount
+        amounts["won_amount"] = stored_amount(card.won_amount)
     if card.state in ("won", "lost"):
-        amounts["predicted_sum"] = card.predicted if card.predicted is not None else (card.score or 0) / 100
+        amounts["predicted_sum"] = stored_amount(
+            card.predicted if card.predicted is not None else (card.score or 0) / 100
+        )
     if card.assigned_at is not None:
         amounts[f"assign_b{bucket_of((card.assigned_at - card.captured_at).total_seconds())}"] = 1
     if card.touched_at is not None:
         amounts[f"touch_b{bucket_of((card.touched_at - card.captured_at).total_seconds())}"] = 1
     return amounts
+
+
+_FOUR_PLACES = Decimal("0.0001")
+
+
+def stored_amount(amount: float | Decimal) -> Decimal:
+    """An amount as the cells keep it (NUMERIC(20, 4), rounded half away from zero): a card's amounts are these
+    exactly, so cells moved by any sequence of changes hold the exact sum of their cards' amounts."""
+    return Decimal(amount).quantize(_FOUR_PLACES, ROUND_HALF_UP)
 
 
 def contributions(card: LeadCard | None) -> dict[Cell, dict[str, float | Decimal]]:

@@ -1,9 +1,11 @@
-"""A run of consumed events applied in memory: the cards of the run's leads are folded event by event, in order, and
-what the run changed is written back with a few statements (pure: the service loads and saves the run).
+"""The cards of a consumed batch's leads while its events are applied in memory: folded event by event, in order,
+run after run, and what the batch changed written back with a few statements (pure: the service loads and saves).
 
-Applying a run changes exactly what applying its events one by one would: the same cards, the same journey steps in
-the same order, the same outcomes held for leads not known yet, and the report cells moved by the sum of the
-differences each event makes (store.add_changes_to_cells: each cell touched written once).
+Applying a batch changes what applying its events one by one would: the same cards, the same journey steps in the
+same order, the same outcomes held for leads not known yet, and the same report totals. A card's cells move once,
+from the card as loaded to the card as left (store.add_changes_to_cells: each cell touched written once): the sum of
+the differences each of its events made, since each event starts from the card the one before left. A cell that
+would move and come back to zero is not written at all (reports show no row for one at zero either way).
 """
 
 from __future__ import annotations
@@ -20,17 +22,37 @@ CardChange = Callable[[LeadCard | None], LeadCard]
 
 
 class CardRun:
-    """The cards of a run's leads while the run's events are applied to them, and what the run writes back."""
+    """The cards of a batch's leads while its events are applied to them, and what the batch writes back."""
 
-    def __init__(
-        self, loaded: Mapping[str, LeadCard], pending: Mapping[str, Sequence[OutcomeRecordedV1]] | None = None
-    ) -> None:
-        self._loaded = dict(loaded)
-        self._cards = dict(loaded)
-        self._pending = {lead_id: list(outcomes) for lead_id, outcomes in (pending or {}).items()}
-        self._changes: list[list[Delta]] = []
+    def __init__(self) -> None:
+        self._loaded: dict[str, LeadCard] = {}
+        self._cards: dict[str, LeadCard] = {}
+        self._known: set[str] = set()  # leads whose stored card (or its absence) is here
+        self._pending: dict[str, list[OutcomeRecordedV1]] = {}
+        self._pending_taken: set[str] = set()  # leads whose held outcomes were taken from the store
         self.steps: list[tuple[str, JourneyStep]] = []
         self.held: list[OutcomeRecordedV1] = []
+
+    def not_loaded(self, lead_ids: Sequence[str]) -> list[str]:
+        """Those of `lead_ids` (distinct, in order) whose stored card is not here yet."""
+        return [lead_id for lead_id in dict.fromkeys(lead_ids) if lead_id not in self._known]
+
+    def add_loaded(self, lead_ids: Sequence[str], loaded: Mapping[str, LeadCard]) -> None:
+        """The stored cards of `lead_ids` (a lead missing from `loaded` has none)."""
+        self._known.update(lead_ids)
+        self._loaded.update(loaded)
+        self._cards.update(loaded)
+
+    def pending_not_taken(self, lead_ids: Sequence[str]) -> list[str]:
+        """Those of `lead_ids` (distinct, in order) whose held outcomes were not taken from the store yet."""
+        return [lead_id for lead_id in dict.fromkeys(lead_ids) if lead_id not in self._pending_taken]
+
+    def add_pending(self, lead_ids: Sequence[str], pending: Mapping[str, Sequence[OutcomeRecordedV1]]) -> None:
+        """The outcomes held in the store for `lead_ids`, taken, oldest first (a lead missing from `pending` had
+        none)."""
+        self._pending_taken.update(lead_ids)
+        for lead_id, outcomes in pending.items():
+            self._pending.setdefault(lead_id, []).extend(outcomes)
 
     def card(self, lead_id: str) -> LeadCard | None:
         """The lead's card as the events applied so far left it (None: not known yet)."""
@@ -42,9 +64,7 @@ class CardRun:
 
     def change(self, lead_id: str, change: CardChange) -> LeadCard:
         """Apply `change` to the lead's card; the cells move by the difference it makes."""
-        before = self._cards.get(lead_id)
-        after = change(before)
-        self._changes.append(changes(before, after))
+        after = change(self._cards.get(lead_id))
         self._cards[lead_id] = after
         return after
 
@@ -59,8 +79,12 @@ class CardRun:
         self.record(event_id, step)
 
     def apply_pending(self, lead_id: str) -> None:
-        """Outcomes that arrived before the lead, applied now that it is known (in the order they came)."""
-        for outcome in self._pending.pop(lead_id, ()):
+        """Outcomes that arrived before the lead, applied now that it is known (in the order they came): those held
+        in the store, then those this batch held."""
+        held_here = [outcome for outcome in self.held if outcome.lead_id == lead_id]
+        if held_here:
+            self.held = [outcome for outcome in self.held if outcome.lead_id != lead_id]
+        for outcome in [*self._pending.pop(lead_id, ()), *held_here]:
             self.apply_outcome(f"pending:{outcome.outcome_id}", outcome)
 
     def hold(self, outcome: OutcomeRecordedV1) -> None:
@@ -76,5 +100,7 @@ class CardRun:
         return [card for lead_id, card in self._cards.items() if self._loaded.get(lead_id, card) != card]
 
     def cell_changes(self) -> list[list[Delta]]:
-        """What the run adds to the report cells: the difference each change of a card made, in order."""
-        return self._changes
+        """What the batch adds to the report cells: per card, the difference between the card loaded and the card
+        left."""
+        return [changes(self._loaded.get(lead_id), card) for lead_id, card in self._cards.items()
+                if self._loaded.get(lead_id) != card]  # fmt: skip

@@ -23,9 +23,15 @@ from shared.uow import Transaction, UnitOfWork
 OutcomeStatus = Literal["recorded", "duplicate", "pending"]
 
 
+# The cards of the leads a consumed batch touches, kept across its runs and written once, before the commit.
+BATCH_CARDS = "feedback.cards"
+
+
 async def record_steps(tx: Transaction, steps: Sequence[tuple[str, JourneyStep]]) -> None:
-    """Add (event id, step) pairs to their leads' journeys."""
-    await store.add_steps(tx.session, steps=steps)
+    """Add (event id, step) pairs to their leads' journeys (with the batch's other steps, in order)."""
+    run = _batch_run(tx)
+    for event_id, step in steps:
+        run.record(event_id, step)
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,6 @@ async def update_cards(tx: Transaction, updates: Sequence[CardUpdate]) -> None:
     for update in updates:
         run.record(update.event_id, update.step)
         run.change(update.step.lead_id, update.change)
-    await close_run(tx, run)
 
 
 async def capture_leads(tx: Transaction, captured: Sequence[tuple[str, LeadCapturedV1]]) -> None:
@@ -54,7 +59,6 @@ async def capture_leads(tx: Transaction, captured: Sequence[tuple[str, LeadCaptu
         run.record(event_id, captured_step(lead))
         run.change(lead.lead_id, functools.partial(cards.on_captured, captured=lead))
         run.apply_pending(lead.lead_id)
-    await close_run(tx, run)
 
 
 async def apply_published_outcomes(tx: Transaction, published: Sequence[tuple[str, OutcomeRecordedV1]]) -> None:
@@ -66,24 +70,31 @@ async def apply_published_outcomes(tx: Transaction, published: Sequence[tuple[st
             run.hold(outcome)
         else:
             run.apply_outcome(event_id, outcome)
-    await close_run(tx, run)
 
 
 async def open_run(tx: Transaction, lead_ids: Sequence[str], *, with_pending: bool = False) -> CardRun:
-    """The cards of a run's leads, locked (and, `with_pending`, the outcomes waiting for them, taken)."""
-    distinct = list(dict.fromkeys(lead_ids))
-    loaded = await store.load_cards(tx.session, lead_ids=distinct)
-    if not with_pending:
-        return CardRun(loaded)
-    waiting = await store.take_pending_outcomes(tx.session, lead_ids=distinct)
-    pending = {
-        lead_id: [OutcomeRecordedV1.model_validate(held) for held in events] for lead_id, events in waiting.items()
-    }
-    return CardRun(loaded, pending)
+    """The cards of the transaction's batch, with those of `lead_ids` loaded and locked if they are not there yet
+    (and, `with_pending`, the outcomes waiting for them, taken). What the batch does to them is written before it
+    commits (see `write_run`): a lead captured, scored and routed in one batch is read once and written once."""
+    run = _batch_run(tx)
+    if missing := run.not_loaded(lead_ids):
+        run.add_loaded(missing, await store.load_cards(tx.session, lead_ids=missing))
+    if with_pending and (untaken := run.pending_not_taken(lead_ids)):
+        waiting = await store.take_pending_outcomes(tx.session, lead_ids=untaken)
+        run.add_pending(untaken, {lead_id: [OutcomeRecordedV1.model_validate(held) for held in events]
+                                  for lead_id, events in waiting.items()})  # fmt: skip
+    return run
 
 
-async def close_run(tx: Transaction, run: CardRun) -> None:
-    """Write back what a run did: its journey steps, cards, report cells and held outcomes, a statement each."""
+def _batch_run(tx: Transaction) -> CardRun:
+    async def write(run: CardRun) -> None:
+        await write_run(tx, run)
+
+    return tx.keep(BATCH_CARDS, CardRun, write)
+
+
+async def write_run(tx: Transaction, run: CardRun) -> None:
+    """Write back what a batch did: its journey steps, cards, report cells and held outcomes, a statement each."""
     await store.add_steps(tx.session, steps=run.steps)
     await store.save_cards(tx.session, new=run.new_cards(), changed=run.changed_cards())
     await store.add_changes_to_cells(tx.session, run.cell_changes())
@@ -122,6 +133,7 @@ async def _known_outcome(tx: Transaction, outcome: OutcomeRecordedV1) -> str | N
 
 async def accept_outcome(tx: Transaction, outcome: OutcomeRecordedV1) -> OutcomeStatus:
     """Store and announce an outcome in `tx`; raises ImpossibleTransition for a known lead that cannot take it."""
+    await tx.finish(BATCH_CARDS)  # the batch's cards first: this reads and writes one of them directly
     card = await store.load_card(tx.session, lead_id=outcome.lead_id, for_update=True)
     if card is not None:
         await store.save_card(tx.session, card, cards.on_outcome(card, outcome))
@@ -146,6 +158,7 @@ async def accept_outcome(tx: Transaction, outcome: OutcomeRecordedV1) -> Outcome
 
 async def erase_lead(tx: Transaction, erased: LeadErasedV1) -> None:
     """Forget who the lead is: the card loses its email, the journey its personal values; aggregates stay."""
+    await tx.finish(BATCH_CARDS)  # the batch's cards and steps first: this reads and scrubs them directly
     if not await mark_erased(tx.session, store.metadata, lead_id=erased.lead_id):
         return
     card = await store.load_card(tx.session, lead_id=erased.lead_id, for_update=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -252,48 +252,37 @@ async def add_to_cells(session: AsyncSession, deltas: Sequence[Delta]) -> None:
 
 
 async def add_changes_to_cells(session: AsyncSession, changes: Sequence[Sequence[Delta]]) -> None:
-    """Add many changes to the cells, each the deltas of one event: every distinct daily and monthly cell touched is
-    upserted once (created at zero if new), by exactly what adding the changes one after the other would have added
-    to it, with the transaction's other writes."""
-    stored = _sqlite_stored if session.bind.dialect.name == "sqlite" else _postgres_stored
+    """Add many changes to the cells, each the deltas of one card: every distinct daily and monthly cell touched is
+    upserted once (created at zero if new), by the sum of what the changes add to it, with the transaction's other
+    writes. The amounts are exact (aggregates.stored_amount), so the sum is what adding them one at a time would
+    store."""
     daily: dict[tuple[str, str, str], dict[str, Any]] = {}
     monthly: dict[tuple[str, str, str], dict[str, Any]] = {}
     for deltas in changes:
-        months: dict[tuple[str, str, str], dict[str, Any]] = {}
         for delta in deltas:
             value = delta.value[:320]
-            _add(daily.setdefault((delta.day, delta.dimension, value), {}), delta.amounts, stored)
-            _add(months.setdefault((delta.day[:7], delta.dimension, value), {}), delta.amounts, lambda amount: amount)
-        for key, amounts in months.items():  # one change's rollup is summed before it is stored, as a statement's
-            _add(monthly.setdefault(key, {}), amounts, stored)
+            _add(daily.setdefault((delta.day, delta.dimension, value), {}), delta.amounts)
+            _add(monthly.setdefault((delta.day[:7], delta.dimension, value), {}), delta.amounts)
+    bound = _sqlite_bound if session.bind.dialect.name == "sqlite" else _full
     for table, period, cells in ((report_cells, "day", daily), (report_cells_monthly, "month", monthly)):
-        rows = [{period: at, "dimension": dimension, "value": value, **_full(amounts)}
+        rows = [{period: at, "dimension": dimension, "value": value, **bound(amounts)}
                 for (at, dimension, value), amounts in cells.items()]  # fmt: skip
         await write_rows(session, table, rows, add=METRICS)
 
 
-def _add(total: dict[str, Any], amounts: Mapping[str, Any], stored: Callable[[Any], Any]) -> None:
+def _add(total: dict[str, Any], amounts: Mapping[str, Any]) -> None:
     for name, amount in amounts.items():
-        total[name] = total.get(name, 0) + stored(amount)
-
-
-_FOUR_PLACES = Decimal("0.0001")
-
-
-def _postgres_stored(amount: Any) -> Any:
-    # What a NUMERIC(20, 4) keeps of a bound amount (asyncpg binds a float exactly; PostgreSQL rounds half away
-    # from zero): summing these is exact, so a run adds what its changes added one statement at a time would.
-    return amount if isinstance(amount, int) else Decimal(amount).quantize(_FOUR_PLACES, ROUND_HALF_UP)
-
-
-def _sqlite_stored(amount: Any) -> Any:
-    # sqlite3 binds no Decimal; its NUMERIC is a float anyway.
-    return float(amount) if isinstance(amount, Decimal) else amount
+        total[name] = total.get(name, 0) + amount
 
 
 def _full(amounts: Mapping[str, Any]) -> dict[str, Any]:
     # A multi-row insert needs the same columns in every row.
     return {name: amounts.get(name, 0) for name in METRICS}
+
+
+def _sqlite_bound(amounts: Mapping[str, Any]) -> dict[str, Any]:
+    # sqlite3 binds no Decimal; its NUMERIC is a float anyway.
+    return {name: float(amount) if isinstance(amount, Decimal) else amount for name, amount in _full(amounts).items()}
 
 
 async def hold_outcome(

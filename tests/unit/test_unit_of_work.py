@@ -164,3 +164,41 @@ async def test_a_rolled_back_transaction_hands_nothing_over(engine: AsyncEngine)
             await tx.emit(ROUTED)
             raise RuntimeError("effect failed")
     assert handed.events == []
+
+
+async def test_work_kept_by_name_is_finished_once_before_the_commit_or_when_asked(uow: UnitOfWork) -> None:
+    """Handlers of one transaction add to the same kept work; it is finished (its event emitted) before the commit,
+    or earlier when asked, and a failing finish rolls the transaction back."""
+    finished: list[list[str]] = []
+
+    def kept(tx: Any) -> list[str]:
+        async def finish(work: list[str]) -> None:
+            finished.append(list(work))
+            await tx.emit(ROUTED.model_copy(update={"lead_id": work[-1]}))
+
+        work: list[str] = tx.keep("leads", list, finish)
+        return work
+
+    async with uow.transaction() as tx:
+        kept(tx).append("lead-1")
+        kept(tx).append("lead-2")
+        assert finished == []
+    assert finished == [["lead-1", "lead-2"]]
+    assert [row["message_key"] for row in await _outbox_rows(uow)] == [b"lead-2"]
+
+    async with uow.transaction() as tx:
+        kept(tx).append("lead-3")
+        await tx.finish("leads")
+        assert finished[-1] == ["lead-3"]
+        kept(tx).append("lead-4")  # kept anew after the finish
+    assert finished[-1] == ["lead-4"]
+
+    with pytest.raises(RuntimeError):
+        async with uow.transaction() as tx:
+
+            async def fail(_: list[str]) -> None:
+                await tx.emit(ROUTED.model_copy(update={"lead_id": "lead-5"}))
+                raise RuntimeError("finish failed")
+
+            tx.keep("failing", list, fail)
+    assert [row["message_key"] for row in await _outbox_rows(uow)] == [b"lead-2", b"lead-3", b"lead-4"]
