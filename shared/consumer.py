@@ -51,6 +51,10 @@ class Outage(Exception):
     """The database or broker is unavailable: stop, keep the offset uncommitted, try again later."""
 
 
+class _Redelivered(Exception):
+    """A batch applied on the assumption that none of its events was applied before held one that was."""
+
+
 class Stalled(Exception):
     """The consumer client fetches nothing while its group's records wait: it is replaced by a fresh one."""
 
@@ -183,24 +187,11 @@ class EventConsumer:
                     work.append((record, self._event_of(record)))
                 except InvalidEvent:
                     return False
-        outcomes: list[tuple[str, str]] = []
         try:
-            async with self._uow.transaction() as tx:
-                fresh = await tx.mark_all_processed([(event.id, record.topic) for record, event in work])
-                runnable: list[tuple[ConsumerRecord[Any, Any], CloudEvent, Handler]] = []
-                for record, event in work:
-                    handler = self._handlers.get(event.type)
-                    if event.id not in fresh or handler is None:
-                        outcomes.append((record.topic, "ignored" if handler is None else "duplicate"))
-                        continue
-                    fresh.discard(event.id)  # the same event twice in one batch (a relay retry) applies once
-                    runnable.append((record, event, handler))
-                    outcomes.append((record.topic, "applied"))
-                # Grouped by topic (a stable sort: each partition's order holds, and Kafka orders nothing across
-                # topics), so batched handlers get the longest runs.
-                runnable.sort(key=lambda item: item[0].topic)
-                for run in _runs(runnable):
-                    await _apply_run(tx, run)
+            try:
+                outcomes = await self._apply_work(work, assume_fresh=True)
+            except _Redelivered:
+                outcomes = await self._apply_work(work, assume_fresh=False)
         except Exception as exc:
             if not is_outage(exc):
                 log.info("batch of %d failed (%r); applying its records one by one", len(work), exc)
@@ -218,6 +209,35 @@ class EventConsumer:
             consumer, {partition: records[-1].offset + 1 for partition, records in batches.items()}
         )
         return True
+
+    async def _apply_work(
+        self, work: list[tuple[ConsumerRecord[Any, Any], CloudEvent]], *, assume_fresh: bool
+    ) -> list[tuple[str, str]]:
+        """Apply the batch's events in one transaction; (topic, outcome) per record. Where writes travel together
+        (PostgreSQL) and `assume_fresh`, the inbox rows go with the last writes instead of a statement of their
+        own first, and a batch holding a redelivery rolls back (_Redelivered) to be applied again the other way."""
+        outcomes: list[tuple[str, str]] = []
+        consumed = [(event.id, record.topic) for record, event in work]
+        async with self._uow.transaction() as tx:
+            optimistic = assume_fresh and tx.keeps_writes
+            fresh = {event_id for event_id, _ in consumed} if optimistic else await tx.mark_all_processed(consumed)
+            runnable: list[tuple[ConsumerRecord[Any, Any], CloudEvent, Handler]] = []
+            for record, event in work:
+                handler = self._handlers.get(event.type)
+                if event.id not in fresh or handler is None:
+                    outcomes.append((record.topic, "ignored" if handler is None else "duplicate"))
+                    continue
+                fresh.discard(event.id)  # the same event twice in one batch (a relay retry) applies once
+                runnable.append((record, event, handler))
+                outcomes.append((record.topic, "applied"))
+            # Grouped by topic (a stable sort: each partition's order holds, and Kafka orders nothing across
+            # topics), so batched handlers get the longest runs.
+            runnable.sort(key=lambda item: item[0].topic)
+            for run in _runs(runnable):
+                await _apply_run(tx, run)
+            if optimistic and len(await tx.mark_all_processed_last(consumed)) < len(dict(consumed)):
+                raise _Redelivered
+        return outcomes
 
     async def _process_partition(
         self, consumer: AIOKafkaConsumer, partition: TopicPartition, records: list[ConsumerRecord[Any, Any]]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Executable, MetaData, Row, Table, TextClause, text
+from sqlalchemy import Executable, MetaData, Table, TextClause, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,9 +27,12 @@ Kept = TypeVar("Kept")
 class Transaction:
     """One open database transaction of a service; records outbox and inbox rows beside the effect."""
 
-    def __init__(self, session: AsyncSession, *, source: str, statements: MessagingStatements, outbox: Table) -> None:
+    def __init__(
+        self, session: AsyncSession, *, source: str, statements: MessagingStatements, outbox: Table, inbox: Table
+    ) -> None:
         self.session = session
         self._outbox = outbox
+        self._inbox = inbox
         self.source = source
         self._statements = statements
         self.emitted: list[CloudEvent] = []
@@ -90,7 +93,7 @@ class Transaction:
         if self._statements.returns_row_ids:
             self._written(rows, result.all())
 
-    def _written(self, rows: list[dict[str, Any]], written: Sequence[Row[Any]]) -> None:
+    def _written(self, rows: list[dict[str, Any]], written: Sequence[Sequence[Any]]) -> None:
         row_ids: dict[str, int] = {event_id: row_id for event_id, row_id in written}
         self.queued.extend(CommittedEvent(row_ids[row["event_id"]], _record(row)) for row in rows)
 
@@ -123,6 +126,30 @@ class Transaction:
         else:
             inserted = await self.session.execute(record, rows)
         return set(inserted.scalars().all())
+
+    @property
+    def keeps_writes(self) -> bool:
+        """Whether writes wait to travel together (shared.writes): on PostgreSQL."""
+        return self.session.get_bind().dialect.name == "postgresql"
+
+    async def mark_all_processed_last(self, events: Sequence[tuple[str, str]]) -> set[str]:
+        """Record many consumed (event id, topic) pairs with the transaction's last writes, after its kept work is
+        finished; returns the ids not applied before, as mark_all_processed does. For a batch applied on the
+        assumption that none of its events was (a redelivery is rare): one round trip fewer than recording them
+        first, and the caller rolls back unless every id is fresh. A concurrent replica's commit of the same ids is
+        waited for, as there."""
+        wanted = list(dict.fromkeys(event_id for event_id, _ in events))
+        await self.finish()
+        fresh: set[str] = set()
+        if wanted:
+            topics, now = dict(events), utc_now()
+            rows = [{"event_id": event_id, "topic": topics[event_id], "processed_at": now} for event_id in wanted]
+            await write_rows(
+                self.session, self._inbox, rows, keep_existing=True, returning=("event_id",),
+                on_rows=lambda written: fresh.update(row[0] for row in written),
+            )  # fmt: skip
+        await send_writes(self.session)
+        return fresh
 
     async def mark_processed(self, event_id: str, *, topic: str) -> bool:
         """Record a consumed event; False if it was already applied (a redelivery that must change nothing)."""
@@ -168,7 +195,11 @@ class UnitOfWork:
         """Begin; commit when the block ends normally, roll back if it raises."""
         async with self._sessions() as session, session.begin():
             tx = Transaction(
-                session, source=self._source, statements=self._statements_for(session), outbox=self._outbox
+                session,
+                source=self._source,
+                statements=self._statements_for(session),
+                outbox=self._outbox,
+                inbox=self._inbox,
             )
             yield tx
             await tx.finish()

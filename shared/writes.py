@@ -13,7 +13,9 @@ What a caller sees does not change:
 - nothing the session runs overtakes a write kept before it, so every read sees the writes before it;
 - parts of one statement neither see each other's rows nor run in a set order, so two writes to one table never go
   together: a second insert of the same shape joins the first (one array of rows, in order), any other sends what is
-  kept first.
+  kept first;
+- each write that returns rows gets its own (with several in one statement, they come back as JSON, so returned
+  columns must be of types JSON keeps: text and integers).
 
 On SQLite every write runs at once.
 """
@@ -25,7 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, Table, TextClause, bindparam, event, text, update
+import orjson
+from sqlalchemy import Executable, Row, Table, TextClause, bindparam, event, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 
@@ -33,7 +37,7 @@ from shared.db import column_arrays, unnest_arrays, unnest_columns
 
 _KEPT = "baton.kept_writes"
 
-OnRows = Callable[[Sequence[Row[Any]]], None]
+OnRows = Callable[[Sequence[Sequence[Any]]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class _Shape:
     columns: tuple[str, ...]
     replace: tuple[str, ...] | None = None  # insert: on a primary key already there, replace these columns
     add: tuple[str, ...] | None = None  # insert: on a primary key already there, add to these columns
+    keep_existing: bool = False  # insert: on a primary key already there, leave that row be (and return nothing)
     key: tuple[str, ...] | None = None  # update: the rows to change, by these columns
     returning: tuple[str, ...] = ()
 
@@ -62,7 +67,7 @@ class _Shape:
                 f"INSERT INTO {self.table.name} ({names}) SELECT {', '.join(given)} FROM unnest({arrays}) "
                 f"WITH ORDINALITY AS given({names}, position) ORDER BY position"
             )
-            sql += _on_conflict(self.table, self.replace, self.add)
+            sql += _on_conflict(self.table, self.replace, self.add, keep_existing=self.keep_existing)
         if self.returning:
             sql += f" RETURNING {', '.join(self.returning)}"
         return sql
@@ -78,7 +83,8 @@ class _Write:
         """`other` can be added to this write's rows: plain inserts of the same shape (an upsert's rows could share a
         key, which one statement cannot change twice)."""
         shape = self.shape
-        return other.shape == shape and shape.replace is None and shape.add is None and shape.key is None
+        plain = shape.replace is None and shape.add is None and shape.key is None and not shape.keep_existing
+        return other.shape == shape and plain
 
     def join(self, other: _Write) -> None:
         for name, values in other.params.items():
@@ -93,28 +99,36 @@ async def write_rows(
     *,
     replace: Sequence[str] | None = None,
     add: Sequence[str] | None = None,
+    keep_existing: bool = False,
     returning: Sequence[str] = (),
     on_rows: OnRows | None = None,
 ) -> None:
     """Insert `rows` (one shape) into `table`, in order. A row whose primary key is already there instead replaces
-    the columns in `replace` and adds its values to those in `add` (with either, no two rows may share a key).
-    `on_rows` gets the `returning` columns of the rows written (or of more rows: those of other writes of this shape
-    sent with them)."""
+    the columns in `replace` and adds its values to those in `add` (with either, no two rows may share a key), or,
+    `keep_existing`, is left out. `on_rows` gets the `returning` columns of the rows written (or of more rows: those
+    of other writes of this shape sent with them)."""
     if not rows:
         return
     columns = tuple(rows[0])
     replaced = None if replace is None else tuple(replace)
     added = None if add is None else tuple(add)
     if not _on_postgres(session):
-        upsert = replaced is not None or added is not None
-        statement = _sqlite_upsert(table, columns, replaced, added) if upsert else table.insert()
+        upsert = replaced is not None or added is not None or keep_existing
+        statement: Executable = (
+            _sqlite_upsert(table, columns, replaced, added, keep_existing) if upsert else table.insert()
+        )
         if returning:
-            statement = table.insert().returning(*(table.c[name] for name in returning))
+            if replaced is not None or added is not None:
+                raise ValueError("on SQLite an upsert returns no rows")
+            insert = sqlite_insert(table)
+            if keep_existing:
+                insert = insert.on_conflict_do_nothing(index_elements=list(table.primary_key.columns))
+            statement = insert.returning(*(table.c[name] for name in returning))
         result = await session.execute(statement, [dict(row) for row in rows])
         if on_rows is not None:
             on_rows(result.all())
         return
-    shape = _Shape(table, columns, replace=replaced, add=added, returning=tuple(returning))
+    shape = _Shape(table, columns, replace=replaced, add=added, keep_existing=keep_existing, returning=tuple(returning))
     await _keep(session, _Write(shape, column_arrays(table, rows, columns), [on_rows] if on_rows else []))
 
 
@@ -153,7 +167,7 @@ async def _keep(session: AsyncSession, write: _Write) -> None:
     if same_table is not None and same_table.joins(write):
         same_table.join(write)
         return
-    if same_table is not None or (write.shape.returning and any(other.shape.returning for other in kept)):
+    if same_table is not None:
         await send_writes(session)
         kept = session.info.setdefault(_KEPT, [])
     kept.append(write)
@@ -175,28 +189,44 @@ def _statement(kept: Sequence[_Write]) -> tuple[TextClause, dict[str, list[Any]]
 
 @functools.lru_cache(maxsize=256)
 def _combined(shapes: tuple[_Shape, ...]) -> TextClause:
-    """One statement for writes of these shapes, in this order; its rows are those of the one that returns any."""
+    """One statement for writes of these shapes, in this order. Its rows are those of the one write that returns
+    any; with several, (write's position, row as JSON) for each."""
     parts = ", ".join(f"w{index} AS ({shape.sql(f'w{index}_')})" for index, shape in enumerate(shapes))
     returning = [index for index, shape in enumerate(shapes) if shape.returning]
-    result = f"SELECT * FROM w{returning[0]}" if returning else "SELECT 1"
+    if len(returning) > 1:
+        result = " UNION ALL ".join(f"SELECT {index}, to_jsonb(w{index})::text FROM w{index}" for index in returning)
+    else:
+        result = f"SELECT * FROM w{returning[0]}" if returning else "SELECT 1"
     return text(f"WITH {parts} {result}")
 
 
 def _deliver(kept: Sequence[_Write], rows: Sequence[Row[Any]]) -> None:
-    for write in kept:
+    returning = [index for index, write in enumerate(kept) if write.shape.returning]
+    for index, write in enumerate(kept):
+        if len(returning) > 1 and index in returning:
+            names = write.shape.returning
+            written: list[tuple[Any, ...]] = [tuple(values[name] for name in names) for at, row in rows if at == index
+                       for values in (orjson.loads(row),)]  # fmt: skip
+        else:
+            written = [tuple(row) for row in rows] if write.shape.returning else []
         for on_rows in write.on_rows:
-            on_rows(rows if write.shape.returning else ())
+            on_rows(written)
 
 
 def _on_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _on_conflict(table: Table, replaced: tuple[str, ...] | None, added: tuple[str, ...] | None) -> str:
-    """What an insert does on a primary key already there (nothing special without columns to replace or add)."""
+def _on_conflict(
+    table: Table, replaced: tuple[str, ...] | None, added: tuple[str, ...] | None, *, keep_existing: bool = False
+) -> str:
+    """What an insert does on a primary key already there (nothing special without columns to replace or add, or
+    `keep_existing`)."""
+    primary_key = ", ".join(column.name for column in table.primary_key.columns)
+    if keep_existing:
+        return f" ON CONFLICT ({primary_key}) DO NOTHING"
     if replaced is None and added is None:
         return ""
-    primary_key = ", ".join(column.name for column in table.primary_key.columns)
     moved = [f"{name} = excluded.{name}" for name in replaced or ()]
     moved += [f"{name} = {table.name}.{name} + excluded.{name}" for name in added or ()]
     return f" ON CONFLICT ({primary_key}) DO UPDATE SET {', '.join(moved)}"
@@ -204,11 +234,15 @@ def _on_conflict(table: Table, replaced: tuple[str, ...] | None, added: tuple[st
 
 @functools.lru_cache(maxsize=64)
 def _sqlite_upsert(
-    table: Table, columns: tuple[str, ...], replaced: tuple[str, ...] | None, added: tuple[str, ...] | None
+    table: Table,
+    columns: tuple[str, ...],
+    replaced: tuple[str, ...] | None,
+    added: tuple[str, ...] | None,
+    keep_existing: bool = False,
 ) -> TextClause:
     # Plain SQL with typed parameters, built once per shape: SQLAlchemy gives its dialect-specific ON CONFLICT
     # construct no cache key, so it would compile that afresh on every call.
     return text(
         f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(f':{name}' for name in columns)})"
-        + _on_conflict(table, replaced, added)
+        + _on_conflict(table, replaced, added, keep_existing=keep_existing)
     ).bindparams(*(bindparam(name, type_=table.c[name].type) for name in columns))

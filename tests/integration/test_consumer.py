@@ -173,3 +173,20 @@ async def test_a_client_that_silently_stops_fetching_is_replaced_and_later_event
 
     assert len(consumer.clients) >= 2
     assert await effect_notes(uow) == ["after", "before"]
+
+
+async def test_an_event_applied_in_an_earlier_batch_changes_nothing_when_it_comes_again(
+    kafka: KafkaBroker, uow: UnitOfWork
+) -> None:
+    """A batch is applied assuming none of its events was applied before, its inbox rows written with its last
+    writes; one holding a redelivery rolls back and is applied again with the inbox checked first."""
+    topic, group = fresh_topic("redelivered"), fresh_topic("group")
+    old, new = event("old"), event("new")
+    async with uow.transaction() as tx:
+        assert await tx.mark_processed(old.id, topic=topic)
+    await produce(kafka, topic, [old.to_kafka(), new.to_kafka(), event("newer").to_kafka()])
+
+    async with running_consumer(kafka, uow, topic, group, record_effect):
+        await eventually(lambda: _offset_is(kafka, topic, group, 3), message="offset committed past all three")
+
+    assert await effect_notes(uow) == ["new", "newer"]
