@@ -156,6 +156,17 @@ async def test_missing_or_wrong_keys_are_refused(app: FastAPI, client: httpx.Asy
     assert problem(await client.post(f"/v1/leads?key={server}", json=lead), 401)
 
 
+async def test_a_form_id_too_long_is_a_422_naming_it_once_the_caller_is_known(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    lead, long_id = {"email": "x@y.example"}, "f" * 101
+    assert problem(await client.post(f"/v1/leads?form_id={long_id}", json=lead), 401)
+    server = {"Authorization": f"Bearer {await server_key(app)}"}
+    refused = problem(await client.post(f"/v1/leads?form_id={long_id}", json=lead, headers=server), 422)
+    assert [error["field"] for error in refused["errors"]] == ["form_id"]
+    assert (await client.post(f"/v1/leads?form_id={'f' * 100}", json=lead, headers=server)).status_code == 202
+
+
 async def test_revoked_key_is_refused(app: FastAPI, client: httpx.AsyncClient) -> None:
     issued = await create_key(uow_of(app), name="old", kind="server", origins=[], forms=[])
     await revoke_key(uow_of(app), key_id=issued.key_id)
