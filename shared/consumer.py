@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from sqlalchemy.exc import IntegrityError
 
 from shared.envelope import CloudEvent, InvalidEvent, utc_now
 from shared.failpoints import Failpoints
@@ -49,10 +50,6 @@ class Batched:
 
 class Outage(Exception):
     """The database or broker is unavailable: stop, keep the offset uncommitted, try again later."""
-
-
-class _Redelivered(Exception):
-    """A batch applied on the assumption that none of its events was applied before held one that was."""
 
 
 class Stalled(Exception):
@@ -190,7 +187,7 @@ class EventConsumer:
         try:
             try:
                 outcomes = await self._apply_work(work, assume_fresh=True)
-            except _Redelivered:
+            except IntegrityError:  # an event applied before (or a row another replica wrote meanwhile)
                 outcomes = await self._apply_work(work, assume_fresh=False)
         except Exception as exc:
             if not is_outage(exc):
@@ -215,7 +212,8 @@ class EventConsumer:
     ) -> list[tuple[str, str]]:
         """Apply the batch's events in one transaction; (topic, outcome) per record. Where writes travel together
         (PostgreSQL) and `assume_fresh`, the inbox rows go with the last writes instead of a statement of their
-        own first, and a batch holding a redelivery rolls back (_Redelivered) to be applied again the other way."""
+        own first, and a batch holding a redelivery fails its commit (IntegrityError), to be applied again the
+        other way."""
         outcomes: list[tuple[str, str]] = []
         consumed = [(event.id, record.topic) for record, event in work]
         async with self._uow.transaction() as tx:
@@ -235,8 +233,8 @@ class EventConsumer:
             runnable.sort(key=lambda item: item[0].topic)
             for run in _runs(runnable):
                 await _apply_run(tx, run)
-            if optimistic and len(await tx.mark_all_processed_last(consumed)) < len(dict(consumed)):
-                raise _Redelivered
+            if optimistic:
+                await tx.mark_all_processed_last(consumed)
         return outcomes
 
     async def _process_partition(

@@ -36,6 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from shared.envelope import utc_now
+from shared.first_write import hold_off_begin
 from shared.settings import DatabaseSslMode, ServiceSettings
 
 
@@ -170,9 +171,11 @@ def make_engine(url: str, *, schema: str, tls: PostgresTls | None = None) -> Asy
     # connection that died with the server fails its first statement instead; SQLAlchemy then invalidates the
     # whole pool, and that failure is an outage every caller already retries (consumers, relay) or answers with a
     # 503 (HTTP). Connections are renewed after five minutes anyway.
-    return create_async_engine(
+    engine = create_async_engine(
         url, pool_size=10, max_overflow=10, pool_timeout=5, pool_recycle=300, connect_args=connect_args
     )
+    hold_off_begin(engine)  # units of work begin at their first write (shared.first_write)
+    return engine
 
 
 def _make_sqlite_engine(url: str) -> AsyncEngine:

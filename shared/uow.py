@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.envelope import CloudEvent, utc_now
 from shared.events import EventPayload
+from shared.first_write import last_statement_next
 from shared.kafka import OutboundRecord
 from shared.outbox import CommittedEvent
 from shared.tables import INBOX, OUTBOX
@@ -132,24 +133,18 @@ class Transaction:
         """Whether writes wait to travel together (shared.writes): on PostgreSQL."""
         return self.session.get_bind().dialect.name == "postgresql"
 
-    async def mark_all_processed_last(self, events: Sequence[tuple[str, str]]) -> set[str]:
+    async def mark_all_processed_last(self, events: Sequence[tuple[str, str]]) -> None:
         """Record many consumed (event id, topic) pairs with the transaction's last writes, after its kept work is
-        finished; returns the ids not applied before, as mark_all_processed does. For a batch applied on the
-        assumption that none of its events was (a redelivery is rare): one round trip fewer than recording them
-        first, and the caller rolls back unless every id is fresh. A concurrent replica's commit of the same ids is
-        waited for, as there."""
-        wanted = list(dict.fromkeys(event_id for event_id, _ in events))
+        finished. For a batch applied on the assumption that none of its events was (a redelivery is rare): one
+        round trip fewer than recording them first (mark_all_processed). An id recorded before fails the commit
+        (IntegrityError, everything rolled back), and the caller applies the batch again the other way; a
+        concurrent replica's commit of the same ids is waited for, as there."""
         await self.finish()
-        fresh: set[str] = set()
+        wanted = list(dict.fromkeys(event_id for event_id, _ in events))
         if wanted:
             topics, now = dict(events), utc_now()
             rows = [{"event_id": event_id, "topic": topics[event_id], "processed_at": now} for event_id in wanted]
-            await write_rows(
-                self.session, self._inbox, rows, keep_existing=True, returning=("event_id",),
-                on_rows=lambda written: fresh.update(row[0] for row in written),
-            )  # fmt: skip
-        await send_writes(self.session)
-        return fresh
+            await write_rows(self.session, self._inbox, rows)
 
     async def mark_processed(self, event_id: str, *, topic: str) -> bool:
         """Record a consumed event; False if it was already applied (a redelivery that must change nothing)."""
@@ -203,6 +198,9 @@ class UnitOfWork:
             )
             yield tx
             await tx.finish()
+            # PostgreSQL (shared.first_write): reads before the first write ran outside the transaction; if nothing
+            # wrote yet, the writes kept go alone, a transaction of their own (no BEGIN, no COMMIT).
+            await last_statement_next(session)
             await send_writes(session)  # what the transaction kept to send with its last statement
         if tx.queued and self._hand_over is not None:
             self._hand_over(tx.queued)

@@ -29,7 +29,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Executable, Row, Table, TextClause, bindparam, event, text, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 
@@ -48,7 +47,6 @@ class _Shape:
     columns: tuple[str, ...]
     replace: tuple[str, ...] | None = None  # insert: on a primary key already there, replace these columns
     add: tuple[str, ...] | None = None  # insert: on a primary key already there, add to these columns
-    keep_existing: bool = False  # insert: on a primary key already there, leave that row be (and return nothing)
     key: tuple[str, ...] | None = None  # update: the rows to change, by these columns
     returning: tuple[str, ...] = ()
 
@@ -67,7 +65,7 @@ class _Shape:
                 f"INSERT INTO {self.table.name} ({names}) SELECT {', '.join(given)} FROM unnest({arrays}) "
                 f"WITH ORDINALITY AS given({names}, position) ORDER BY position"
             )
-            sql += _on_conflict(self.table, self.replace, self.add, keep_existing=self.keep_existing)
+            sql += _on_conflict(self.table, self.replace, self.add)
         if self.returning:
             sql += f" RETURNING {', '.join(self.returning)}"
         return sql
@@ -83,7 +81,7 @@ class _Write:
         """`other` can be added to this write's rows: plain inserts of the same shape (an upsert's rows could share a
         key, which one statement cannot change twice)."""
         shape = self.shape
-        plain = shape.replace is None and shape.add is None and shape.key is None and not shape.keep_existing
+        plain = shape.replace is None and shape.add is None and shape.key is None
         return other.shape == shape and plain
 
     def join(self, other: _Write) -> None:
@@ -99,36 +97,30 @@ async def write_rows(
     *,
     replace: Sequence[str] | None = None,
     add: Sequence[str] | None = None,
-    keep_existing: bool = False,
     returning: Sequence[str] = (),
     on_rows: OnRows | None = None,
 ) -> None:
     """Insert `rows` (one shape) into `table`, in order. A row whose primary key is already there instead replaces
-    the columns in `replace` and adds its values to those in `add` (with either, no two rows may share a key), or,
-    `keep_existing`, is left out. `on_rows` gets the `returning` columns of the rows written (or of more rows: those
-    of other writes of this shape sent with them)."""
+    the columns in `replace` and adds its values to those in `add` (with either, no two rows may share a key).
+    `on_rows` gets the `returning` columns of the rows written (or of more rows: those of other writes of this shape
+    sent with them)."""
     if not rows:
         return
     columns = tuple(rows[0])
     replaced = None if replace is None else tuple(replace)
     added = None if add is None else tuple(add)
     if not _on_postgres(session):
-        upsert = replaced is not None or added is not None or keep_existing
-        statement: Executable = (
-            _sqlite_upsert(table, columns, replaced, added, keep_existing) if upsert else table.insert()
-        )
+        upsert = replaced is not None or added is not None
+        statement: Executable = _sqlite_upsert(table, columns, replaced, added) if upsert else table.insert()
         if returning:
             if replaced is not None or added is not None:
                 raise ValueError("on SQLite an upsert returns no rows")
-            insert = sqlite_insert(table)
-            if keep_existing:
-                insert = insert.on_conflict_do_nothing(index_elements=list(table.primary_key.columns))
-            statement = insert.returning(*(table.c[name] for name in returning))
+            statement = table.insert().returning(*(table.c[name] for name in returning))
         result = await session.execute(statement, [dict(row) for row in rows])
         if on_rows is not None:
             on_rows(result.all())
         return
-    shape = _Shape(table, columns, replace=replaced, add=added, keep_existing=keep_existing, returning=tuple(returning))
+    shape = _Shape(table, columns, replace=replaced, add=added, returning=tuple(returning))
     await _keep(session, _Write(shape, column_arrays(table, rows, columns), [on_rows] if on_rows else []))
 
 
@@ -217,14 +209,9 @@ def _on_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _on_conflict(
-    table: Table, replaced: tuple[str, ...] | None, added: tuple[str, ...] | None, *, keep_existing: bool = False
-) -> str:
-    """What an insert does on a primary key already there (nothing special without columns to replace or add, or
-    `keep_existing`)."""
+def _on_conflict(table: Table, replaced: tuple[str, ...] | None, added: tuple[str, ...] | None) -> str:
+    """What an insert does on a primary key already there (nothing special without columns to replace or add)."""
     primary_key = ", ".join(column.name for column in table.primary_key.columns)
-    if keep_existing:
-        return f" ON CONFLICT ({primary_key}) DO NOTHING"
     if replaced is None and added is None:
         return ""
     moved = [f"{name} = excluded.{name}" for name in replaced or ()]
@@ -238,11 +225,10 @@ def _sqlite_upsert(
     columns: tuple[str, ...],
     replaced: tuple[str, ...] | None,
     added: tuple[str, ...] | None,
-    keep_existing: bool = False,
 ) -> TextClause:
     # Plain SQL with typed parameters, built once per shape: SQLAlchemy gives its dialect-specific ON CONFLICT
     # construct no cache key, so it would compile that afresh on every call.
     return text(
         f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(f':{name}' for name in columns)})"
-        + _on_conflict(table, replaced, added, keep_existing=keep_existing)
+        + _on_conflict(table, replaced, added)
     ).bindparams(*(bindparam(name, type_=table.c[name].type) for name in columns))

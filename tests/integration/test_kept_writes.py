@@ -188,11 +188,11 @@ async def test_a_value_too_long_for_its_column_is_never_cut_short(engine: AsyncE
     assert stored == ([] if engine.dialect.name == "postgresql" else [long_id])
 
 
-async def test_events_recorded_last_go_with_the_other_writes_and_each_returning_write_gets_its_rows(
+async def test_events_recorded_last_go_with_the_other_writes_and_one_recorded_before_fails_the_commit(
     engine: AsyncEngine,
 ) -> None:
-    """The inbox rows recorded last (keep_existing: ids there already are left out) travel with the outbox rows in
-    one statement on PostgreSQL; each write gets back its own rows: the relay its row ids, the caller the fresh ids."""
+    """The inbox rows recorded last travel with the outbox rows in one statement on PostgreSQL. An id recorded
+    before fails the commit, and nothing the transaction wrote stays."""
     handed: list[CommittedEvent] = []
     uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test", hand_over=handed.extend)
     async with uow.transaction() as tx:
@@ -202,13 +202,18 @@ async def test_events_recorded_last_go_with_the_other_writes_and_each_returning_
         await tx.emit_all([routed(1), routed(2)])
         await write_rows(tx.session, notes, [note(1)])
         before = len(statements.seen)
-        fresh = await tx.mark_all_processed_last([("e-1", "t"), ("seen-before", "t"), ("e-2", "t"), ("e-1", "t")])
-        sent = statements.seen[before:]
-    assert fresh == {"e-1", "e-2"}
+        await tx.mark_all_processed_last([("e-1", "t"), ("e-2", "t"), ("e-1", "t")])
+    sent = statements.seen[before:]
+    with pytest.raises(IntegrityError):
+        async with uow.transaction() as tx:
+            await write_rows(tx.session, notes, [note(2)])
+            await tx.emit(routed(3))
+            await tx.mark_all_processed_last([("e-3", "t"), ("seen-before", "t")])
     async with uow.read() as session:
         outbox = (await session.execute(select(metadata.tables[OUTBOX]).order_by("id"))).mappings().all()
         inbox = set(await session.scalars(select(metadata.tables[INBOX].c.event_id)))
+        stored = list(await session.scalars(select(notes.c.note_id)))
     assert [event.row_id for event in handed] == [row["id"] for row in outbox] and len(handed) == 2
-    assert inbox == {"seen-before", "e-1", "e-2"}
+    assert inbox == {"seen-before", "e-1", "e-2"} and stored == ["n1"]
     if engine.dialect.name == "postgresql":
         assert before == 0 and len(sent) == 1, sent
