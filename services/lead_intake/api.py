@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from services.lead_intake import idempotency, store
 from services.lead_intake.access import ERASE_LEADS, READ_LEADS, SUBMIT_ACTIVITIES, SUBMIT_LEADS
@@ -39,6 +39,7 @@ from services.lead_intake.submission import (
     validate_submission,
 )
 from shared.auth import Principal, require, resolve_key
+from shared.emails import EmailAddress
 from shared.envelope import utc_now
 from shared.problems import ProblemError
 from shared.ratelimit import RateLimiter
@@ -331,7 +332,7 @@ class ActivityIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lead_id: Annotated[str, StringConstraints(min_length=1, max_length=36)] | None = None
-    email: EmailStr | None = None
+    email: EmailAddress | None = None
     type: ActivityKind = Field(
         description="page_view, content_download, webinar_attended, email_click, "
         "pricing_page_view, demo_request, or a custom type"

@@ -11,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import (
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     StringConstraints,
     ValidationError,
@@ -27,6 +26,7 @@ from services.lead_intake.domain import (
     normalise_phone,
     normalise_seniority,
 )
+from shared.emails import EmailAddress
 from shared.envelope import utc_now
 from shared.problems import ProblemError
 
@@ -47,7 +47,7 @@ class LeadSubmission(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: EmailStr
+    email: EmailAddress
     first_name: Text | None = None
     last_name: Text | None = None
     job_title: Text | None = None

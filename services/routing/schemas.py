@@ -6,10 +6,11 @@ from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from services.routing.reps import parse_week
 from services.routing.rules import RoutingPolicy
+from shared.emails import EmailAddress
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
@@ -43,7 +44,7 @@ class RepIn(BaseModel):
 
     rep_id: Id | None = None
     name: Name
-    email: EmailStr
+    email: EmailAddress
     team: Tag | None = None
     manager: Annotated[str, StringConstraints(strip_whitespace=True, max_length=320)] | None = None
     languages: list[Tag] = Field(default_factory=list, max_length=20)
