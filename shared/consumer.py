@@ -187,7 +187,8 @@ class EventConsumer:
         try:
             try:
                 outcomes = await self._apply_work(work, assume_fresh=True)
-            except IntegrityError:  # an event applied before (or a row another replica wrote meanwhile)
+            except IntegrityError as exc:  # an event applied before, or rows another writer changed meanwhile
+                log.debug("batch of %d applied again with locks: %r", len(work), exc)
                 outcomes = await self._apply_work(work, assume_fresh=False)
         except Exception as exc:
             if not is_outage(exc):
@@ -211,13 +212,14 @@ class EventConsumer:
         self, work: list[tuple[ConsumerRecord[Any, Any], CloudEvent]], *, assume_fresh: bool
     ) -> list[tuple[str, str]]:
         """Apply the batch's events in one transaction; (topic, outcome) per record. Where writes travel together
-        (PostgreSQL) and `assume_fresh`, the inbox rows go with the last writes instead of a statement of their
-        own first, and a batch holding a redelivery fails its commit (IntegrityError), to be applied again the
-        other way."""
+        (PostgreSQL) and `assume_fresh`, the batch is applied optimistically (`Transaction.optimistic`): the inbox
+        rows go with the last writes instead of a statement of their own first, handlers may read without locks,
+        and a batch holding a redelivery, or whose reads changed before its commit, fails the commit
+        (IntegrityError), to be applied again the other way."""
         outcomes: list[tuple[str, str]] = []
         consumed = [(event.id, record.topic) for record, event in work]
         async with self._uow.transaction() as tx:
-            optimistic = assume_fresh and tx.keeps_writes
+            optimistic = tx.optimistic = assume_fresh and tx.keeps_writes
             fresh = {event_id for event_id, _ in consumed} if optimistic else await tx.mark_all_processed(consumed)
             runnable: list[tuple[ConsumerRecord[Any, Any], CloudEvent, Handler]] = []
             for record, event in work:

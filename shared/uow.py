@@ -42,6 +42,11 @@ class Transaction:
         # Set by the consumer while a batch handler runs: each lead's trace context, so events emitted for a lead
         # continue the trace of the event that caused them (one handler call serves many traces).
         self.traces_by_lead: dict[str, list[list[str]]] = {}
+        # Set by the consumer applying a batch on the assumption that nothing it reads changes before the commit
+        # (PostgreSQL): handlers may then read without locks, provided their last writes fail the commit
+        # (IntegrityError: a checked write, shared.writes) when something did; the batch is then applied again, not
+        # optimistically.
+        self.optimistic = False
         # Work handlers keep for the rest of the transaction, by name, and how each is finished (see `keep`).
         self._kept: dict[str, tuple[Any, Callable[[Any], Awaitable[None]]]] = {}
 

@@ -17,6 +17,12 @@ What a caller sees does not change:
 - each write that returns rows gets its own (with several in one statement, they come back as JSON, so returned
   columns must be of types JSON keeps: text and integers).
 
+A checked write (`write_checked`) is a compare-and-set kept the same way: it must change one row per row given, or
+the statement sending it fails as a constraint does (IntegrityError), rolling back all the transaction did. Work
+decided on reads without locks writes with it: when another writer changed what was read, the work fails whole
+instead of overwriting, and is done again under locks. Checked writes are compared first, in the order they were
+kept, before the statement's other writes run.
+
 On SQLite every write runs at once.
 """
 
@@ -28,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Executable, Row, Table, TextClause, bindparam, event, text, update
+from sqlalchemy import Connection, Executable, Row, Table, TextClause, bindparam, event, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 
@@ -71,9 +77,33 @@ class _Shape:
         return sql
 
 
+@dataclass(frozen=True, slots=True)
+class CheckedWrite:
+    """A compare-and-set on `table`: `template` is a data-modifying statement whose array parameters are written
+    `:{p}name` (one array per parameter, one element per row), changing at most one row per row given. Sent with
+    `write_checked`; the schema needs the check `create_unchanged_check` makes."""
+
+    table: Table
+    template: str
+    returning: tuple[str, ...] = ()
+
+    def sql(self, prefix: str) -> str:
+        return self.template.replace(":{p}", f":{prefix}") + " RETURNING 1"
+
+
+# What a failed comparison casts to: a PostgreSQL domain whose check fails (SQLSTATE 23514, a check violation).
+UNCHANGED = "unchanged_since_read"
+
+
+def create_unchanged_check(connection: Connection) -> None:
+    """Migration step: the check that checked writes (`write_checked`) fail on, in the service's schema."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"CREATE DOMAIN {UNCHANGED} AS boolean CHECK (VALUE)"))
+
+
 @dataclass(slots=True)
 class _Write:
-    shape: _Shape
+    shape: _Shape | CheckedWrite
     params: dict[str, list[Any]]
     on_rows: list[OnRows] = field(default_factory=list)
 
@@ -81,6 +111,8 @@ class _Write:
         """`other` can be added to this write's rows: plain inserts of the same shape (an upsert's rows could share a
         key, which one statement cannot change twice)."""
         shape = self.shape
+        if not isinstance(shape, _Shape):
+            return False
         plain = shape.replace is None and shape.add is None and shape.key is None
         return other.shape == shape and plain
 
@@ -145,6 +177,19 @@ async def update_rows(
     await _keep(session, _Write(_Shape(table, columns, key=matched), column_arrays(table, rows, columns)))
 
 
+async def write_checked(session: AsyncSession, write: CheckedWrite, params: Mapping[str, Sequence[Any]]) -> None:
+    """Keep `write` with `params` (arrays of one length: the rows given, none: nothing to write); the statement
+    sending it fails with an IntegrityError unless it changes one row for each. PostgreSQL only."""
+    if not _on_postgres(session):
+        raise TypeError("checked writes are kept on PostgreSQL only")
+    arrays = {name: list(values) for name, values in params.items()}
+    lengths = {len(values) for values in arrays.values()}
+    if len(lengths) != 1:
+        raise ValueError("a checked write's parameters are arrays of one length")
+    if lengths != {0}:
+        await _keep(session, _Write(write, arrays))
+
+
 async def send_writes(session: AsyncSession) -> None:
     """Send the writes kept so far (before a commit: the session runs nothing else that would)."""
     kept: list[_Write] | None = session.info.pop(_KEPT, None)
@@ -174,21 +219,32 @@ def _send_before_statement(state: ORMExecuteState) -> None:
         _deliver(kept, state.session.execute(statement, params).all())
 
 
-def _statement(kept: Sequence[_Write]) -> tuple[TextClause, dict[str, list[Any]]]:
-    params = {f"w{index}_{name}": values for index, write in enumerate(kept) for name, values in write.params.items()}
+def _statement(kept: Sequence[_Write]) -> tuple[TextClause, dict[str, Any]]:
+    params: dict[str, Any] = {
+        f"w{index}_{name}": values for index, write in enumerate(kept) for name, values in write.params.items()
+    }
+    for index, write in enumerate(kept):
+        if isinstance(write.shape, CheckedWrite):
+            params[f"w{index}__expected"] = len(next(iter(write.params.values()), []))
     return _combined(tuple(write.shape for write in kept)), params
 
 
 @functools.lru_cache(maxsize=256)
-def _combined(shapes: tuple[_Shape, ...]) -> TextClause:
+def _combined(shapes: tuple[_Shape | CheckedWrite, ...]) -> TextClause:
     """One statement for writes of these shapes, in this order. Its rows are those of the one write that returns
-    any; with several, (write's position, row as JSON) for each."""
+    any; with several, (write's position, row as JSON) for each. Checked writes are counted by a condition on the
+    whole statement (evaluated once, before the rows are read, in the order they were kept); failing, it casts
+    false to the domain whose check fails."""
     parts = ", ".join(f"w{index} AS ({shape.sql(f'w{index}_')})" for index, shape in enumerate(shapes))
     returning = [index for index, shape in enumerate(shapes) if shape.returning]
     if len(returning) > 1:
         result = " UNION ALL ".join(f"SELECT {index}, to_jsonb(w{index})::text FROM w{index}" for index in returning)
     else:
         result = f"SELECT * FROM w{returning[0]}" if returning else "SELECT 1"
+    checked = [index for index, shape in enumerate(shapes) if isinstance(shape, CheckedWrite)]
+    if checked:
+        holds = " AND ".join(f"(SELECT count(*) FROM w{index}) = :w{index}__expected" for index in checked)
+        result = f"SELECT * FROM ({result}) AS written WHERE CAST({holds} AS {UNCHANGED})"
     return text(f"WITH {parts} {result}")
 
 

@@ -30,24 +30,58 @@ log = logging.getLogger(__name__)
 
 
 async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, now: datetime | None = None) -> None:
-    """Route a run of scored leads exactly as `route_scored_lead` would one by one, in order, at `now`."""
+    """Route a run of scored leads exactly as `route_scored_lead` would one by one, in order, at `now`.
+
+    Optimistically (`tx.optimistic`: a consumed batch on PostgreSQL), when every lead is new and every pool it needs
+    has its turns, the run reads without locks and its writes are checked (shared.writes): the pools' turns must be
+    as read and the reps' capacity must still hold, and a lead routed meanwhile fails its insert. Either fails the
+    commit, and the consumer routes the run again, with locks. Read then write: two round trips, no BEGIN, no
+    COMMIT."""
     moment = now or utc_now()
-    lead_ids = list(dict.fromkeys(scored.lead_id for scored in run))
     views = [lead_view(scored) for scored in run]
+    optimistic = tx.optimistic
+    known, leads, version, policy = await _read_run(tx, views, lock=not optimistic)
+    if optimistic and not _fits_optimism(leads, known, policy):
+        optimistic = False
+        known, leads, version, policy = await _read_run(tx, views, lock=True)
+    plan = await _plan(tx, leads, known=known, policy=policy, now=moment)
+    if optimistic:
+        # Turns first, then capacity: the order the locking path takes their rows in.
+        await store.save_rotations_checked(tx.session, _last_turns(plan), read=known.rotations_read)
+        await store.claim_capacities_checked(tx.session, [
+            (rep, rep.local_day(moment), count) for rep, count in _claims(plan).values()
+        ])  # fmt: skip
+    else:
+        if not await _claim_capacity(tx, plan, now=moment):
+            log.info("a rep's capacity changed concurrently; routing a run of %d lead by lead", len(run))
+            for scored in run:
+                await route_scored_lead(tx, scored, now=moment)
+            return
+        await _save_turns(tx, plan)
+    await _record_all(tx, plan, policy=policy, version=version, now=moment, subscribed=known.subscribed)
+
+
+async def _read_run(
+    tx: Transaction, views: Sequence[dict[str, Any]], *, lock: bool
+) -> tuple[store.RunLeads, list[dict[str, Any]], str, RoutingPolicy]:
+    """What routing the run needs first: what routing holds about its leads (`store.read_run_leads`), the leads as
+    routed (erased ones stripped) and the active policy with its version."""
     known = await store.read_run_leads(
-        tx.session, lead_ids=lead_ids, domains=[view.get("company_domain") for view in views],
-        pools=_likely_pools(tx, views),
+        tx.session, lead_ids=list(dict.fromkeys(view["lead_id"] for view in views)),
+        domains=[view.get("company_domain") for view in views], pools=_likely_pools(tx, views), lock=lock,
     )  # fmt: skip
     leads = [strip_personal(view) if view["lead_id"] in known.erased else view for view in views]
     version, policy = await load_policy(tx, known.policy_version)
-    plan = await _plan(tx, leads, known=known, policy=policy, now=moment)
-    if not await _claim_capacity(tx, plan, now=moment):
-        log.info("a rep's capacity changed concurrently; routing a run of %d lead by lead", len(run))
-        for scored in run:
-            await route_scored_lead(tx, scored, now=moment)
-        return
-    await _save_turns(tx, plan)
-    await _record_all(tx, plan, policy=policy, version=version, now=moment, subscribed=known.subscribed)
+    return known, leads, version, policy
+
+
+def _fits_optimism(leads: Sequence[Mapping[str, Any]], known: store.RunLeads, policy: RoutingPolicy) -> bool:
+    """Whether the run can be routed on reads without locks: all its leads are new (a re-scored lead's state is
+    changed under its lock) and every pool they go to has its turns read (a pool without turns is created)."""
+    if known.statuses:
+        return False
+    pools = {rule.pool for lead in leads if (rule := policy.first_match(lead)) is not None}
+    return pools <= known.rotations.keys()
 
 
 def _likely_pools(tx: Transaction, views: Sequence[Mapping[str, Any]]) -> set[str]:
@@ -77,11 +111,19 @@ async def _plan(
                     owners=known.owners, now=now)  # fmt: skip
 
 
+def _claims(plan: RunPlan) -> dict[str, tuple[Rep, int]]:
+    """Each chosen rep, by id, with how many of the run's leads they get."""
+    chosen = {decision.rep.rep_id: decision.rep for _, decision in plan.decided if decision.rep is not None}
+    counts = Counter(decision.rep.rep_id for _, decision in plan.decided if decision.rep is not None)
+    return {rep_id: (chosen[rep_id], count) for rep_id, count in counts.items()}
+
+
 async def _claim_capacity(tx: Transaction, plan: RunPlan, *, now: datetime) -> bool:
     """Claim each chosen rep's capacity for all their leads of the run, in rep id order. False, with nothing
     claimed, if a rep no longer has room for them (another replica took some since the roster was read)."""
-    chosen = {decision.rep.rep_id: decision.rep for _, decision in plan.decided if decision.rep is not None}
-    counts = Counter(decision.rep.rep_id for _, decision in plan.decided if decision.rep is not None)
+    claims = _claims(plan)
+    chosen = {rep_id: rep for rep_id, (rep, _) in claims.items()}
+    counts = {rep_id: count for rep_id, (_, count) in claims.items()}
     if not counts:
         return True
     if len(counts) == 1:  # one compare-and-increment
@@ -103,16 +145,19 @@ def _fits(rep: Rep, current: Mapping[str, Load], count: int, now: datetime) -> b
     return rep.rep_id in current and has_room(rep, current[rep.rep_id], rep.local_day(now), count)
 
 
-async def _save_turns(tx: Transaction, plan: RunPlan) -> None:
-    """Store each pool's round-robin totals after the run, with the rep its last turn went to."""
+def _last_turns(plan: RunPlan) -> list[tuple[str, dict[str, int], str]]:
+    """Each pool whose turn the run took: its round-robin totals after the run, and the rep its last turn went to."""
     last_turns = {
         decision.pool: decision.rep.rep_id
         for _, decision in plan.decided
         if decision.rep is not None and decision.via == "rule"
     }
-    await store.save_rotations(
-        tx.session, [(pool, dict(plan.view.rotations[pool]), rep_id) for pool, rep_id in sorted(last_turns.items())]
-    )
+    return [(pool, dict(plan.view.rotations[pool]), rep_id) for pool, rep_id in sorted(last_turns.items())]
+
+
+async def _save_turns(tx: Transaction, plan: RunPlan) -> None:
+    """Store each pool's round-robin totals after the run, with the rep its last turn went to."""
+    await store.save_rotations(tx.session, _last_turns(plan))
 
 
 async def _record_all(

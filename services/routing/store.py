@@ -37,10 +37,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.reps import Absence, Load, Rep, WorkingHours, parse_week
-from shared.db import Migration, UtcDateTime, add_columns, create_tables
+from shared.db import Migration, UtcDateTime, add_columns, create_tables, json_text
 from shared.privacy import ERASED_LEADS, add_privacy_tables, strip_personal
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
-from shared.writes import update_rows, write_rows
+from shared.writes import CheckedWrite, create_unchanged_check, update_rows, write_checked, write_rows
 
 DEFAULT_POOL = "default"
 
@@ -257,6 +257,7 @@ MIGRATIONS = (
         create_tables(metadata, "webhook_subscriptions", "webhook_deliveries", "stream_events"),
     ),
     Migration(5, "erased leads", create_tables(metadata, ERASED_LEADS)),
+    Migration(6, "the check of compare-and-set writes", create_unchanged_check),
 )
 
 
@@ -379,6 +380,36 @@ _CLAIM_CAPACITY = (
         new_on_day=case((rep_loads.c.day == _today, rep_loads.c.new_on_day + _claimed), else_=_claimed),
         day=_today,
     )
+)
+
+
+async def claim_capacities_checked(session: AsyncSession, claims: Sequence[tuple[Rep, date, int]]) -> None:
+    """`claim_capacity` for each (rep, their today, leads) at once, kept with the transaction's other writes as a
+    checked write (shared.writes): if any rep no longer has room, the statement sending it fails (IntegrityError)
+    and nothing is counted. For capacity chosen on loads read without locks."""
+    ordered = sorted(claims, key=lambda claim: claim[0].rep_id)
+    await write_checked(session, _CLAIM_CAPACITIES, {
+        "rep_id": [rep.rep_id for rep, _, _ in ordered], "claimed": [count for _, _, count in ordered],
+        "today": [today.isoformat() for _, today, _ in ordered], "max_open": [rep.max_open for rep, _, _ in ordered],
+        "max_per_day": [rep.max_per_day for rep, _, _ in ordered],
+        "first_fits": [rep.max_per_day is not None and count <= max(rep.max_per_day, 1) for rep, _, count in ordered],
+    })  # fmt: skip
+
+
+# `_CLAIM_CAPACITY`'s compare-and-increment, for many reps in one statement.
+_CLAIM_CAPACITIES = CheckedWrite(
+    rep_loads,
+    "UPDATE rep_loads SET open_leads = rep_loads.open_leads + claim.claimed, "
+    "new_on_day = CASE WHEN rep_loads.day = claim.today THEN rep_loads.new_on_day + claim.claimed "
+    "ELSE claim.claimed END, day = claim.today "
+    "FROM unnest(CAST(:{p}rep_id AS varchar[]), CAST(:{p}claimed AS integer[]), CAST(:{p}today AS varchar[]), "
+    "CAST(:{p}max_open AS integer[]), CAST(:{p}max_per_day AS integer[]), CAST(:{p}first_fits AS boolean[])) "
+    "AS claim(rep_id, claimed, today, max_open, max_per_day, first_fits) "
+    "WHERE rep_loads.rep_id = claim.rep_id "
+    "AND (claim.max_open IS NULL OR rep_loads.open_leads <= claim.max_open - claim.claimed) "
+    "AND (claim.max_per_day IS NULL "
+    "OR (claim.first_fits AND (rep_loads.day IS NULL OR rep_loads.day <> claim.today)) "
+    "OR (rep_loads.day = claim.today AND rep_loads.new_on_day <= claim.max_per_day - claim.claimed))",
 )
 
 
@@ -587,6 +618,28 @@ async def save_rotations(session: AsyncSession, turns: Sequence[tuple[str, dict[
     await update_rows(session, rotations, rows, key=("pool",))
 
 
+async def save_rotations_checked(
+    session: AsyncSession, turns: Sequence[tuple[str, dict[str, int], str]], *, read: Mapping[str, str | None]
+) -> None:
+    """`save_rotations` as a checked write (shared.writes): each pool's totals must still be as `read` holds them
+    (as stored, `RunLeads.rotations_read`), or the statement sending it fails (IntegrityError) and nothing is saved.
+    For turns taken on totals read without the pools' locks."""
+    ordered = sorted(turns)
+    await write_checked(session, _SAVE_ROTATIONS, {
+        "pool": [pool for pool, _, _ in ordered], "weights": [json_text(weights) for _, weights, _ in ordered],
+        "last_rep_id": [rep_id for _, _, rep_id in ordered], "read": [read[pool] for pool, _, _ in ordered],
+    })  # fmt: skip
+
+
+_SAVE_ROTATIONS = CheckedWrite(
+    rotations,
+    "UPDATE rotations SET weights = turn.weights::json, last_rep_id = turn.last_rep_id "
+    "FROM unnest(CAST(:{p}pool AS varchar[]), CAST(:{p}weights AS text[]), CAST(:{p}last_rep_id AS varchar[]), "
+    "CAST(:{p}read AS text[])) AS turn(pool, weights, last_rep_id, read) "
+    "WHERE rotations.pool = turn.pool AND rotations.weights::text IS NOT DISTINCT FROM turn.read",
+)
+
+
 # --- assignments ---------------------------------------------------------------------------------------------------
 
 
@@ -610,7 +663,8 @@ class RunLeads:
     locked to the commit), the owners of their companies' accounts (by lower-cased domain), which routing policy is
     active, the round-robin totals of the pools asked for (their rows locked to the commit; a pool without a row is
     absent), whether any webhook subscription is active, and on PostgreSQL every rep with their load (`roster`, as
-    `load_roster` reads it; None: not read)."""
+    `load_roster` reads it; None: not read). `rotations_read` holds each pool's round-robin totals as stored (JSON
+    text), what `save_rotations_checked` compares with."""
 
     erased: set[str]
     statuses: dict[str, str | None]
@@ -619,13 +673,20 @@ class RunLeads:
     rotations: dict[str, dict[str, int]] = field(default_factory=dict)
     subscribed: bool = True
     roster: tuple[list[Rep], dict[str, Load]] | None = None
+    rotations_read: dict[str, str | None] = field(default_factory=dict)
 
 
 async def read_run_leads(
-    session: AsyncSession, *, lead_ids: Sequence[str], domains: Iterable[str | None], pools: Iterable[str] = ()
+    session: AsyncSession,
+    *,
+    lead_ids: Sequence[str],
+    domains: Iterable[str | None],
+    pools: Iterable[str] = (),
+    lock: bool = True,
 ) -> RunLeads:
     """`RunLeads` in one round trip; the routing states' rows are locked in lead id order, then the pools' in pool
-    order, so two replicas locking overlapping leads or pools never wait on each other in a cycle."""
+    order, so two replicas locking overlapping leads or pools never wait on each other in a cycle. Without `lock`
+    (PostgreSQL only), a plain read: nothing is locked, and no transaction begins (shared.first_write)."""
     wanted = sorted({domain.lower() for domain in domains if domain})
     parameters = {"lead_ids": list(lead_ids), "domains": wanted, "pools": sorted(set(pools))}
     known = RunLeads(erased=set(), statuses={}, owners={}, subscribed=False)
@@ -633,7 +694,8 @@ async def read_run_leads(
     subscribed = False
     postgres = session.get_bind().dialect.name == "postgresql"
     rep_rows: list[dict[str, Any]] = []
-    for fact, key, value in await session.execute(_RUN_LEADS_AND_ROSTER if postgres else _RUN_LEADS, parameters):
+    statement = (_RUN_LEADS_AND_ROSTER if lock else _PEEK_RUN_LEADS_AND_ROSTER) if postgres else _RUN_LEADS
+    for fact, key, value in await session.execute(statement, parameters):
         if fact == "rep":
             rep_rows.append(json.loads(value))
         elif fact == "erased":
@@ -644,6 +706,7 @@ async def read_run_leads(
             known.owners[key] = value
         elif fact == "rotation":
             known.rotations[key] = dict(json.loads(value) or {}) if value else {}
+            known.rotations_read[key] = value
         elif fact == "subscribed":
             subscribed = True
         else:  # one is active (activating another retires it)
@@ -652,7 +715,8 @@ async def read_run_leads(
     if postgres:
         rep_rows.sort(key=lambda row: str(row["rep_id"]))
         roster = [rep_from_row(row) for row in rep_rows], {row["rep_id"]: load_from_row(row) for row in rep_rows}
-    return RunLeads(known.erased, known.statuses, known.owners, policy_version, known.rotations, subscribed, roster)
+    return RunLeads(known.erased, known.statuses, known.owners, policy_version, known.rotations, subscribed, roster,
+                    known.rotations_read)  # fmt: skip
 
 
 _ROUTING_STATUSES = (
@@ -680,9 +744,22 @@ _RUN_LEADS = union_all(
 )
 # PostgreSQL: the roster too, a row as JSON per rep (the round trip `load_roster` would take on its own).
 _ROSTER = _REPS_WITH_LOADS.order_by(None).subquery("roster")
-_RUN_LEADS_AND_ROSTER: CompoundSelect[tuple[str, str | None, str | None]] = union_all(
-    *_RUN_LEADS.selects,
-    select(literal_column("'rep'"), _ROSTER.c.rep_id, cast(func.row_to_json(literal_column("roster")), String)),
+_ROSTER_ROWS = select(
+    literal_column("'rep'"), _ROSTER.c.rep_id, cast(func.row_to_json(literal_column("roster")), String)
+)
+_RUN_LEADS_AND_ROSTER: CompoundSelect[tuple[str, str | None, str | None]] = union_all(*_RUN_LEADS.selects, _ROSTER_ROWS)
+# The same without locks: a plain SELECT (no CTE), so it runs before the transaction begins.
+_PEEK_RUN_LEADS_AND_ROSTER: CompoundSelect[tuple[str, str | None, str | None]] = union_all(
+    _RUN_LEADS.selects[0],
+    select(literal_column("'status'"), assignments.c.lead_id, assignments.c.status).where(
+        assignments.c.lead_id.in_(bindparam("lead_ids", expanding=True))
+    ),
+    *_RUN_LEADS.selects[2:4],
+    select(literal_column("'rotation'"), rotations.c.pool, cast(rotations.c.weights, String)).where(
+        rotations.c.pool.in_(bindparam("pools", expanding=True))
+    ),
+    *_RUN_LEADS.selects[5:],
+    _ROSTER_ROWS,
 )
 
 

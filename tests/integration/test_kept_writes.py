@@ -19,7 +19,7 @@ from shared.events import LeadRoutedV1
 from shared.outbox import CommittedEvent
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.uow import UnitOfWork
-from shared.writes import update_rows, write_rows
+from shared.writes import CheckedWrite, create_unchanged_check, update_rows, write_checked, write_rows
 
 metadata = MetaData()
 add_messaging_tables(metadata)
@@ -32,7 +32,17 @@ notes = Table(
     Column("tally", Integer),
 )
 tallies = Table("tallies", metadata, Column("name", String(50), primary_key=True), Column("count", Integer))
-MIGRATIONS = (Migration(1, "kept writes", create_tables(metadata, "notes", "tallies", OUTBOX, INBOX)),)
+MIGRATIONS = (
+    Migration(1, "kept writes", create_tables(metadata, "notes", "tallies", OUTBOX, INBOX)),
+    Migration(2, "the check of checked writes", create_unchanged_check),
+)
+# A compare-and-set: a tally moves on only from the count it was read at.
+MOVE_TALLIES = CheckedWrite(
+    tallies,
+    "UPDATE tallies SET count = moved.count FROM unnest(CAST(:{p}name AS varchar[]), CAST(:{p}was AS integer[]), "
+    "CAST(:{p}count AS integer[])) AS moved(name, was, count) WHERE tallies.name = moved.name "
+    "AND tallies.count = moved.was",
+)
 AT = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
@@ -217,3 +227,70 @@ async def test_events_recorded_last_go_with_the_other_writes_and_one_recorded_be
     assert inbox == {"seen-before", "e-1", "e-2"} and stored == ["n1"]
     if engine.dialect.name == "postgresql":
         assert before == 0 and len(sent) == 1, sent
+
+
+async def test_a_checked_write_that_changes_every_row_given_goes_with_the_other_writes(engine: AsyncEngine) -> None:
+    """On PostgreSQL; SQLite refuses checked writes (nothing there reads without locks: one writer at a time)."""
+    handed: list[CommittedEvent] = []
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test", hand_over=handed.extend)
+    if engine.dialect.name != "postgresql":
+        with pytest.raises(TypeError):
+            async with uow.transaction() as tx:
+                await write_checked(tx.session, MOVE_TALLIES, {"name": ["won"], "was": [1], "count": [2]})
+        return
+    async with uow.transaction() as tx:
+        await write_rows(tx.session, tallies, [{"name": "won", "count": 1}, {"name": "lost", "count": 4}])
+    statements = Statements(engine)
+    async with uow.transaction() as tx:
+        await write_checked(tx.session, MOVE_TALLIES, {"name": [], "was": [], "count": []})  # nothing to write
+        await write_checked(tx.session, MOVE_TALLIES, {"name": ["won", "lost"], "was": [1, 4], "count": [2, 5]})
+        await tx.emit(routed(1))
+        await write_rows(tx.session, notes, [note(1)])
+    assert len(statements.seen) == 1, statements.seen
+    async with uow.read() as session:
+        assert dict((await session.execute(select(tallies.c.name, tallies.c.count))).tuples().all()) == {
+            "won": 2,
+            "lost": 5,
+        }
+        assert list(await session.scalars(select(notes.c.note_id))) == ["n1"]
+    assert len(handed) == 1
+
+
+@pytest.fixture
+async def postgres_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated engine on a fresh PostgreSQL schema."""
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    engine = make_engine(database_url, schema=schema)
+    await migrate(engine, MIGRATIONS, schema=schema)
+    yield engine
+    await engine.dispose()
+
+
+async def test_a_checked_write_that_misses_a_row_fails_its_statement_and_nothing_stays(
+    postgres_engine: AsyncEngine,
+) -> None:
+    """A row changed since it was read (or never there) fails the statement as a constraint would, and everything
+    the transaction did with it is rolled back."""
+    engine = postgres_engine
+    handed: list[CommittedEvent] = []
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test", hand_over=handed.extend)
+    async with uow.transaction() as tx:
+        await write_rows(tx.session, tallies, [{"name": "won", "count": 1}, {"name": "lost", "count": 9}])
+    moved_on: list[dict[str, list[Any]]] = [
+        {"name": ["won", "lost"], "was": [1, 4], "count": [2, 5]},  # lost moved on since it was read at 4
+        {"name": ["won", "drawn"], "was": [1, 0], "count": [2, 1]},  # drawn has no row
+    ]
+    for moves in moved_on:
+        with pytest.raises(IntegrityError, match="unchanged_since_read"):
+            async with uow.transaction() as tx:
+                await write_rows(tx.session, notes, [note(1)])
+                await write_checked(tx.session, MOVE_TALLIES, moves)
+                await tx.emit(routed(1))
+        async with uow.read() as session:
+            assert dict((await session.execute(select(tallies.c.name, tallies.c.count))).tuples().all()) == {
+                "won": 1,
+                "lost": 9,
+            }
+            assert list(await session.scalars(select(notes.c.note_id))) == []
+            assert await session.scalar(select(metadata.tables[OUTBOX].c.id)) is None
+    assert handed == []

@@ -1,5 +1,6 @@
 """Routing on real PostgreSQL with two replicas (two engines, as two processes would have): caps are never
-exceeded under concurrent assignment, and an SLA timer fires once, after a restart, whoever runs it."""
+exceeded under concurrent assignment, with locks or optimistically, and an SLA timer fires once, after a restart,
+whoever runs it."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from services.routing import admin, store
 from services.routing.rules import RoutingPolicy
+from services.routing.runs import route_scored_leads
 from services.routing.schemas import RepIn
 from services.routing.service import fire_due_sla_timers, route_scored_lead
 from shared.db import make_engine, make_sessions, migrate
@@ -24,6 +26,7 @@ from shared.events import LeadRoutedV1, LeadScoredV1
 from shared.failures import is_outage
 from shared.privacy import mark_erased
 from shared.uow import UnitOfWork
+from tests.support.server_log import ServerLog
 
 Replicas = tuple[UnitOfWork, UnitOfWork]
 assignments = store.metadata.tables["assignments"]
@@ -32,6 +35,10 @@ assignments = store.metadata.tables["assignments"]
 @pytest.fixture
 async def schema(database_url: str) -> str:
     """A fresh routing schema, migrated."""
+    return await _migrated_schema(database_url)
+
+
+async def _migrated_schema(database_url: str) -> str:
     name = f"routing_{uuid.uuid4().hex[:8]}"
     engine = make_engine(database_url, schema=name)
     await migrate(engine, store.MIGRATIONS, schema=name)
@@ -44,8 +51,10 @@ async def _replicas(database_url: str, schema: str) -> AsyncIterator[Replicas]:
     """Two units of work on one routing schema, each with its own engine and pool, as two processes have."""
     engines = [make_engine(database_url, schema=schema) for _ in range(2)]
     try:
+        # with a relay in the process, as the service has: outbox rows go with the other writes
         first, second = (
-            UnitOfWork(make_sessions(engine), store.metadata, source="/baton/routing") for engine in engines
+            UnitOfWork(make_sessions(engine), store.metadata, source="/baton/routing", hand_over=lambda _: None)
+            for engine in engines
         )
         yield first, second
     finally:
@@ -77,6 +86,22 @@ async def _route(uow: UnitOfWork, scored: LeadScoredV1) -> None:
     async def work() -> None:
         async with uow.transaction() as tx:
             await route_scored_lead(tx, scored)
+
+    await _with_retries(work)
+
+
+async def _route_run(uow: UnitOfWork, run: list[LeadScoredV1], *, optimistic: bool = True) -> None:
+    """What the consumer does with a run of scored leads: optimistically first; if that fails its commit (what it
+    read changed), again with locks."""
+
+    async def work() -> None:
+        try:
+            async with uow.transaction() as tx:
+                tx.optimistic = optimistic
+                await route_scored_leads(tx, run)
+        except IntegrityError:
+            async with uow.transaction() as tx:
+                await route_scored_leads(tx, run)
 
     await _with_retries(work)
 
@@ -194,3 +219,116 @@ async def test_a_runs_one_read_brings_the_roster_as_load_roster_reads_it(databas
     assert [rep.rep_id for rep in reps] == ["rep-ann", "rep-bo"]
     assert loads["rep-ann"].open_leads == 1 and loads["rep-ann"].day is not None
     assert reps[0].hours is not None and reps[0].absences and reps[0].languages == {"de", "en"}
+
+
+async def _routing_outcome(uow: UnitOfWork) -> tuple[Any, ...]:
+    """Who got which lead (in lead order), each rep's load, each pool's turns and the decisions announced."""
+    async with uow.read() as session:
+        held = (await session.execute(select(assignments.c.lead_id, assignments.c.rep_id, assignments.c.status)
+                                      .order_by(assignments.c.lead_id))).tuples().all()  # fmt: skip
+        loads = {row["rep_id"]: (row["open_leads"], row["new_on_day"]) for row in await store.list_reps(session)}
+        turns = (await session.execute(select(store.rotations).order_by(store.rotations.c.pool))).tuples().all()
+    events = [(event.lead_id, event.kind, event.rep_id) for event in await _events(uow)]
+    return held, loads, turns, events
+
+
+CAPS = {"rep-a": 3, "rep-b": 2}
+
+
+async def _two_reps_and_a_first_run(uow: UnitOfWork) -> None:
+    """Reps with caps, and a first run: it learns the policy, whose pools the next runs read."""
+    for rep_id, cap in CAPS.items():
+        await admin.save_rep(uow, RepIn(name=rep_id, email=f"{rep_id}@example.com", max_open=cap), rep_id=rep_id)
+    await _route_run(uow, [_scored("lead-00")])
+
+
+async def test_an_optimistic_run_reads_once_writes_once_and_routes_as_one_with_locks(database_url: str) -> None:
+    """Optimistically a run sends its read and one statement of writes: no BEGIN, no COMMIT, no lock. Routing the
+    same leads with locks, on a twin schema, gives the same assignments, loads, turns and announcements."""
+    outcomes = []
+    for optimistic in (True, False):
+        engine = make_engine(database_url, schema=await _migrated_schema(database_url))
+        try:
+            uow = UnitOfWork(make_sessions(engine), store.metadata, source="/baton/routing", hand_over=lambda _: None)
+            await _two_reps_and_a_first_run(uow)
+            server = ServerLog(engine)
+            await _route_run(uow, [_scored(f"lead-{n:02}") for n in range(1, 6)], optimistic=optimistic)
+            if optimistic:
+                assert server.kinds() == ["SELECT", "WITH"], server.queries
+            else:
+                assert "BEGIN" in server.kinds()
+            outcomes.append(await _routing_outcome(uow))
+        finally:
+            await engine.dispose()
+    assert outcomes[0] == outcomes[1]
+    held, loads, _, _ = outcomes[0]
+    assert Counter(rep_id for _, rep_id, status in held if status == "assigned") == {"rep-a": 3, "rep-b": 2}
+    assert loads == {"rep-a": (3, 3), "rep-b": (2, 2)}
+
+
+async def _turn_taken(other: UnitOfWork) -> None:
+    async with other.transaction() as tx:
+        await tx.session.execute(update(store.rotations).values(weights={"rep-a": 5, "rep-b": -5}))
+
+
+async def _capacity_taken(other: UnitOfWork) -> None:
+    async with other.transaction() as tx:
+        for rep_id, cap in CAPS.items():  # every rep full
+            await tx.session.execute(
+                update(store.rep_loads).where(store.rep_loads.c.rep_id == rep_id).values(open_leads=cap)
+            )
+
+
+async def _lead_routed(other: UnitOfWork) -> None:
+    await _route(other, _scored("lead-01"))
+
+
+@pytest.mark.parametrize("meanwhile", [_turn_taken, _capacity_taken, _lead_routed])
+async def test_an_optimistic_run_whose_reads_changed_before_its_commit_fails_whole_and_routes_again_with_locks(
+    database_url: str, schema: str, meanwhile: Callable[[UnitOfWork], Awaitable[None]]
+) -> None:
+    """Another replica takes a pool's turn, a rep's last capacity, or routes one of the leads between the run's
+    read and its commit: the commit fails (IntegrityError) and nothing of the run stays; routed again with locks,
+    as the consumer does next, every lead has one routing state and no cap is passed."""
+    async with _replicas(database_url, schema) as (first, second):
+        await _two_reps_and_a_first_run(first)
+        before = await _routing_outcome(first)
+        run = [_scored("lead-01"), _scored("lead-02")]
+        with pytest.raises(IntegrityError):
+            async with first.transaction() as tx:
+                tx.optimistic = True
+                await route_scored_leads(tx, run)
+                await meanwhile(second)
+        after_failure = await _routing_outcome(first)
+        async with first.transaction() as tx:
+            await route_scored_leads(tx, run)
+        held, loads, _, events = await _routing_outcome(first)
+    if meanwhile is not _lead_routed:
+        assert after_failure[0] == before[0] and after_failure[3] == before[3]  # no state, no announcement added
+    assert sorted(lead_id for lead_id, _, _ in held) == ["lead-00", "lead-01", "lead-02"]
+    assert Counter(lead_id for lead_id, kind, _ in events if kind in ("assigned", "unassigned")) == {
+        "lead-00": 1, "lead-01": 1, "lead-02": 1}  # fmt: skip
+    assert all(open_leads <= CAPS[rep_id] for rep_id, (open_leads, _) in loads.items())
+
+
+async def test_optimistic_runs_on_two_replicas_never_exceed_a_cap(database_url: str, schema: str) -> None:
+    """Runs of five leads, each delivered to both replicas at once (as a rebalance can), routed optimistically and
+    again with locks when that fails: one routing state per lead, and every cap exactly filled."""
+    caps = {"rep-a": 4, "rep-b": 3, "rep-c": 3}
+    async with _replicas(database_url, schema) as (first, second):
+        for rep_id, cap in caps.items():
+            await admin.save_rep(first, RepIn(name=rep_id, email=f"{rep_id}@example.com", max_open=cap), rep_id=rep_id)
+        for replica in (first, second):  # each learns the policy, as after its first run
+            await _route_run(replica, [_scored(f"lead-warm-{id(replica)}")], optimistic=False)
+        leads = [_scored(f"lead-{n:02}") for n in range(60)]
+        runs = [leads[start : start + 5] for start in range(0, 60, 5)]
+        await asyncio.gather(*(_route_run(replica, run) for run in runs for replica in (first, second)))
+        async with first.read() as session:
+            states = (await session.execute(select(store.assignments))).mappings().all()
+            loads = {row["rep_id"]: row["open_leads"] for row in await store.list_reps(session)}
+        events = await _events(first)
+    held = Counter(row["rep_id"] for row in states if row["status"] == "assigned")
+    assert len(states) == 62  # one routing state per lead, never two
+    assert held == caps == loads
+    first_decisions = [event.lead_id for event in events if event.kind in ("assigned", "unassigned")]
+    assert sorted(first_decisions) == sorted(row["lead_id"] for row in states)
