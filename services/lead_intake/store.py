@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -28,10 +29,19 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_intake.domain import LEAD_FIELDS, Lead, lead_values
-from shared.db import Migration, UtcDateTime, add_columns, among, create_tables
+from shared.db import (
+    Migration,
+    UtcDateTime,
+    add_columns,
+    among,
+    column_arrays,
+    create_tables,
+    unnest_arrays,
+    unnest_columns,
+)
 from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
-from shared.writes import write_rows
+from shared.writes import CheckedWrite, create_unchanged_check, write_checked, write_rows
 
 metadata = MetaData()
 add_messaging_tables(metadata)
@@ -150,6 +160,7 @@ MIGRATIONS = (
         create_tables(metadata, "lead_history", "forms", "api_keys", "idempotency_keys", "held_activities"),
     ),
     Migration(4, "erased leads", create_tables(metadata, ERASED_LEADS)),
+    Migration(5, "the check of compare-and-set writes", create_unchanged_check),
 )
 
 _DIALECTS = ("postgresql", "sqlite")
@@ -232,6 +243,28 @@ async def load_lead(session: AsyncSession, *, lead_id: str) -> Lead | None:
 async def insert_leads(session: AsyncSession, *, new_leads: list[Lead]) -> None:
     """Store new leads with one statement (sent with the transaction's other writes: shared.writes)."""
     await write_rows(session, leads, [{**_row_of(lead), "updated_at": lead.captured_at} for lead in new_leads])
+
+
+async def insert_unknown_leads(session: AsyncSession, *, new_leads: list[Lead]) -> None:
+    """`insert_leads` for leads whose emails were not looked up, as a checked write (shared.writes): an email
+    stored already fails it as ever (unique), and so does one with activities held for it (IntegrityError either
+    way, nothing written); the caller then captures the batch again, reading first. PostgreSQL only."""
+    rows = [{**_row_of(lead), "updated_at": lead.captured_at} for lead in new_leads]
+    if rows:
+        columns = tuple(rows[0])
+        await write_checked(session, _insert_unheld(columns), column_arrays(leads, rows, columns))
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_unheld(columns: tuple[str, ...]) -> CheckedWrite:
+    names = ", ".join(columns)
+    return CheckedWrite(
+        leads,
+        f"INSERT INTO leads ({names}) SELECT {', '.join(unnest_columns(leads, columns))} "
+        f"FROM unnest({unnest_arrays(leads, columns, prefix='{p}')}) WITH ORDINALITY AS given({names}, position) "
+        "WHERE NOT EXISTS (SELECT 1 FROM held_activities WHERE held_activities.email = given.email) "
+        "ORDER BY position",
+    )
 
 
 async def update_lead(session: AsyncSession, *, lead: Lead, changed: list[str], at: datetime) -> None:
