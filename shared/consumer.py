@@ -56,6 +56,11 @@ class Stalled(Exception):
     """The consumer client fetches nothing while its group's records wait: it is replaced by a fresh one."""
 
 
+class CommitsFailing(Stalled):
+    """The consumer client's offset commits keep failing while it fetches (after a broker restart its group
+    coordination can stay broken for good): it is replaced by a fresh one."""
+
+
 class EventConsumer:
     """Consumes topics in a consumer group and applies each event exactly once to the service's state."""
 
@@ -78,6 +83,7 @@ class EventConsumer:
         fetch_max_wait_ms: int = 500,
         fetch_min_bytes: int = 1,
         commit_interval_seconds: float = 0.2,
+        max_failed_commits: int = 3,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._security = security
@@ -103,6 +109,9 @@ class EventConsumer:
         self._committing: asyncio.Task[None] | None = None
         self._commit_at_once = asyncio.Event()
         self._last_commit = 0.0
+        # Offset commits failed in a row (a rebalance's do not count); at `max_failed_commits` the client is replaced.
+        self._failed_commits = 0
+        self._max_failed_commits = max_failed_commits
 
     def stop(self) -> None:
         """Ask the loop to end at its next step (cancellation alone can be swallowed by wait_for on 3.11)."""
@@ -112,6 +121,8 @@ class EventConsumer:
         """Consume until stopped or cancelled; a lost broker connection restarts the consumer after a backoff."""
         while not self._stopping:
             consumer = self._new_consumer()
+            # A fresh client: its partitions may differ; what it applies, it commits.
+            self._failed_commits, self._uncommitted = 0, {}
             try:
                 await asyncio.wait_for(consumer.start(), self._timeout)
                 await self._consume(consumer)
@@ -119,7 +130,8 @@ class EventConsumer:
                 raise
             except Exception as exc:
                 log.warning("consumer %s restarting after %r", self._group_id, exc)
-                count_consumer_restart("stalled" if isinstance(exc, Stalled) else "error")
+                reason = "commits_failing" if isinstance(exc, CommitsFailing) else "stalled"
+                count_consumer_restart(reason if isinstance(exc, Stalled) else "error")
             finally:
                 await self._settle_commit()
                 await _stop(consumer, self._timeout)
@@ -147,6 +159,8 @@ class EventConsumer:
         batched = not self._failpoints.armed("consumer.before_effect")
         watch = StallWatch(self._stall_seconds)
         while not self._stopping:
+            if self._failed_commits >= self._max_failed_commits:
+                raise CommitsFailing(f"{self._failed_commits} offset commits failed in a row")
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             now = time.monotonic()
             watch.fetched(now, sum(len(records) for records in batches.values()))
@@ -347,7 +361,11 @@ class EventConsumer:
                     await asyncio.wait_for(self._commit_at_once.wait(), due_in)
             offsets, self._uncommitted = self._uncommitted, {}
             self._last_commit = time.monotonic()
-            await self._commit_now(consumer, offsets)
+            if not await self._commit_now(consumer, offsets) and not self._commit_at_once.is_set():
+                # Tried again next interval (with any later offsets), so a client whose commits keep failing is
+                # found out even when no more records come; not while settling, which must end.
+                for partition, offset in offsets.items():
+                    self._uncommitted[partition] = max(offset, self._uncommitted.get(partition, offset))
 
     async def _settle_commit(self) -> None:
         """Commit what waits for its interval at once, and wait for it (a failed commit is logged, never raised)."""
@@ -359,16 +377,21 @@ class EventConsumer:
             finally:
                 self._commit_at_once.clear()
 
-    async def _commit_now(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit_now(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit `offsets`; False if the commit failed and may succeed later (not one lost to a rebalance)."""
         partition = ", ".join(str(tp) for tp in offsets)
         try:
             await asyncio.wait_for(consumer.commit(offsets), self._timeout)
+            self._failed_commits = 0
         except (CommitFailedError, IllegalStateError) as exc:
             # The partition moved to another member during a rebalance; it re-reads from the last
             # committed offset and its inbox turns the redelivery into a no-op.
             log.warning("offset commit for %s lost to a rebalance: %r", partition, exc)
         except (KafkaError, TimeoutError) as exc:
+            self._failed_commits += 1
             log.warning("offset commit for %s failed, events will be redelivered: %r", partition, exc)
+            return False
+        return True
 
     async def _pause(self) -> None:
         await asyncio.sleep(self._backoff)

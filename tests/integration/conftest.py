@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from sqlalchemy import Column, MetaData, String, Table
@@ -29,11 +30,20 @@ def database_url(postgres: PostgresServer) -> str:
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine on a fresh schema, migrated."""
+    async with migrated_engine(database_url, MIGRATIONS) as engine:
+        yield engine
+
+
+@contextlib.asynccontextmanager
+async def migrated_engine(database_url: str, migrations: Sequence[Migration]) -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh schema with `migrations` applied; disposed of at the end."""
     schema = f"t_{uuid.uuid4().hex[:10]}"
     engine = make_engine(database_url, schema=schema)
-    await migrate(engine, MIGRATIONS, schema=schema)
-    yield engine
-    await engine.dispose()
+    try:
+        await migrate(engine, migrations, schema=schema)
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ async def running_consumer(
     *,
     kind: type[EventConsumer] = EventConsumer,
     stall_seconds: float = 30.0,
+    timeout_seconds: float = 10.0,
 ) -> AsyncIterator[EventConsumer]:
     publisher = KafkaPublisher(bootstrap_servers=kafka.bootstrap_servers, client_id="test-dlq", timeout_seconds=10)
     consumer = kind(
@@ -53,6 +54,7 @@ async def running_consumer(
         uow=uow,
         dead_letters=publisher,
         stall_seconds=stall_seconds,
+        timeout_seconds=timeout_seconds,
     )
     task = asyncio.create_task(consumer.run())
     try:
@@ -173,6 +175,33 @@ async def test_a_client_that_silently_stops_fetching_is_replaced_and_later_event
 
     assert len(consumer.clients) >= 2
     assert await effect_notes(uow) == ["after", "before"]
+
+
+async def test_a_client_whose_offset_commits_keep_failing_is_replaced_and_the_offsets_land(
+    kafka: KafkaBroker, uow: UnitOfWork
+) -> None:
+    """After a broker restart a client can go on fetching while its commits time out for good: after three failed
+    commits in a row the consumer replaces it, and the next client commits what was applied."""
+    topic, group = fresh_topic("uncommitted"), fresh_topic("group")
+    wedgeable = running_consumer(kafka, uow, topic, group, record_effect, kind=WedgeableConsumer, timeout_seconds=1.0)
+    async with wedgeable as consumer:
+        assert isinstance(consumer, WedgeableConsumer)
+        await eventually(lambda: _has_clients(consumer, 1), message="the first client made")
+        stuck = asyncio.Event()  # never set: every commit of the first client waits past the timeout
+
+        async def commit_never_answered(*_: Any, **__: Any) -> None:
+            await stuck.wait()
+
+        consumer.clients[0].commit = commit_never_answered
+        await produce(kafka, topic, [event(note).to_kafka() for note in ("one", "two", "three", "four")])
+        await eventually(lambda: _offset_is(kafka, topic, group, 4), timeout=60, message="offsets committed")
+
+    assert len(consumer.clients) >= 2
+    assert await effect_notes(uow) == ["four", "one", "three", "two"]
+
+
+async def _has_clients(consumer: WedgeableConsumer, count: int) -> bool:
+    return len(consumer.clients) >= count
 
 
 async def test_an_event_applied_in_an_earlier_batch_changes_nothing_when_it_comes_again(

@@ -20,6 +20,7 @@ from shared.outbox import CommittedEvent
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.uow import UnitOfWork
 from shared.writes import CheckedWrite, create_unchanged_check, update_rows, write_checked, write_rows
+from tests.integration.conftest import migrated_engine
 
 metadata = MetaData()
 add_messaging_tables(metadata)
@@ -259,11 +260,8 @@ async def test_a_checked_write_that_changes_every_row_given_goes_with_the_other_
 @pytest.fixture
 async def postgres_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """A migrated engine on a fresh PostgreSQL schema."""
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    engine = make_engine(database_url, schema=schema)
-    await migrate(engine, MIGRATIONS, schema=schema)
-    yield engine
-    await engine.dispose()
+    async with migrated_engine(database_url, MIGRATIONS) as engine:
+        yield engine
 
 
 async def test_a_checked_write_that_misses_a_row_fails_its_statement_and_nothing_stays(

@@ -127,17 +127,22 @@ async def test_concurrent_assignment_on_two_replicas_never_exceeds_a_cap(databas
         # replicas at once, as a rebalance can.
         leads = [_scored(f"lead-{n}", company_domain="acme.example" if n % 3 == 0 else None) for n in range(60)]
         await asyncio.gather(*(_route(replica, lead) for lead in leads for replica in (first, second)))
+        statuses = await _one_state_per_lead_and_caps_filled(first, caps, [lead.lead_id for lead in leads])
+    assert statuses.count("queued") == 50
 
-        async with first.read() as session:
-            states = (await session.execute(select(store.assignments))).mappings().all()
-            loads = {row["rep_id"]: row["open_leads"] for row in await store.list_reps(session)}
-        events = await _events(first)
-    held = Counter(row["rep_id"] for row in states if row["status"] == "assigned")
-    assert len(states) == 60  # one routing state per lead, never two
-    assert held == caps == loads
-    assert sum(1 for row in states if row["status"] == "queued") == 50
+
+async def _one_state_per_lead_and_caps_filled(uow: UnitOfWork, caps: dict[str, int], lead_ids: list[str]) -> list[str]:
+    """Check that each lead has one routing state and one first decision announced, and that each rep holds as
+    many leads as their cap and their load says; the states' statuses."""
+    async with uow.read() as session:
+        states = (await session.execute(select(store.assignments))).mappings().all()
+        loads = {row["rep_id"]: row["open_leads"] for row in await store.list_reps(session)}
+    events = await _events(uow)
+    assert sorted(row["lead_id"] for row in states) == sorted(lead_ids)  # one routing state per lead, never two
+    assert Counter(row["rep_id"] for row in states if row["status"] == "assigned") == caps == loads
     first_decisions = [event.lead_id for event in events if event.kind in ("assigned", "unassigned")]
-    assert sorted(first_decisions) == sorted(lead.lead_id for lead in leads)
+    assert sorted(first_decisions) == sorted(lead_ids)
+    return [row["status"] for row in states]
 
 
 async def test_an_sla_timer_fires_once_after_a_restart_with_two_replicas_racing(database_url: str, schema: str) -> None:
@@ -323,12 +328,5 @@ async def test_optimistic_runs_on_two_replicas_never_exceed_a_cap(database_url: 
         leads = [_scored(f"lead-{n:02}") for n in range(60)]
         runs = [leads[start : start + 5] for start in range(0, 60, 5)]
         await asyncio.gather(*(_route_run(replica, run) for run in runs for replica in (first, second)))
-        async with first.read() as session:
-            states = (await session.execute(select(store.assignments))).mappings().all()
-            loads = {row["rep_id"]: row["open_leads"] for row in await store.list_reps(session)}
-        events = await _events(first)
-    held = Counter(row["rep_id"] for row in states if row["status"] == "assigned")
-    assert len(states) == 62  # one routing state per lead, never two
-    assert held == caps == loads
-    first_decisions = [event.lead_id for event in events if event.kind in ("assigned", "unassigned")]
-    assert sorted(first_decisions) == sorted(row["lead_id"] for row in states)
+        warm = [f"lead-warm-{id(replica)}" for replica in (first, second)]
+        await _one_state_per_lead_and_caps_filled(first, caps, [*warm, *(lead.lead_id for lead in leads)])
