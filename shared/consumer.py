@@ -18,6 +18,7 @@ from shared.failpoints import Failpoints
 from shared.failures import is_outage
 from shared.kafka import PLAINTEXT, KafkaSecurity, OutboundRecord, Publisher, broker_reachable, client_options
 from shared.metrics import (
+    count_batch_reapplied,
     count_consumed,
     count_consumed_all,
     count_consumer_restart,
@@ -84,6 +85,7 @@ class EventConsumer:
         fetch_min_bytes: int = 1,
         commit_interval_seconds: float = 0.2,
         max_failed_commits: int = 3,
+        optimism_pause_seconds: float = 5.0,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._security = security
@@ -112,6 +114,9 @@ class EventConsumer:
         # Offset commits failed in a row (a rebalance's do not count); at `max_failed_commits` the client is replaced.
         self._failed_commits = 0
         self._max_failed_commits = max_failed_commits
+        # After an optimistic batch fails its commit, batches are applied the locking way until this moment.
+        self._optimism_pause = optimism_pause_seconds
+        self._optimism_resumes_at = 0.0
 
     def stop(self) -> None:
         """Ask the loop to end at its next step (cancellation alone can be swallowed by wait_for on 3.11)."""
@@ -200,9 +205,13 @@ class EventConsumer:
                     return False
         try:
             try:
-                outcomes = await self._apply_work(work, assume_fresh=True)
+                outcomes = await self._apply_work(work, assume_fresh=time.monotonic() >= self._optimism_resumes_at)
             except IntegrityError as exc:  # an event applied before, or rows another writer changed meanwhile
                 log.debug("batch of %d applied again with locks: %r", len(work), exc)
+                count_batch_reapplied()
+                # Conflicts come in runs (replicas routing the same pools, redeliveries after a restart): batches
+                # go the locking way for a while rather than each paying a failed attempt.
+                self._optimism_resumes_at = time.monotonic() + self._optimism_pause
                 outcomes = await self._apply_work(work, assume_fresh=False)
         except Exception as exc:
             if not is_outage(exc):

@@ -79,9 +79,16 @@ class ServiceMetrics:
             registry=r,
         )
         self.sla_misses = Counter("baton_sla_misses", "Follow-up SLAs a rep missed.", registry=r)
+        self.batches_reapplied = Counter(
+            "baton_consumer_batches_reapplied",
+            "Batches applied optimistically whose commit failed (a redelivered event, or rows another writer "
+            "changed since they were read), then applied again with the inbox checked first and with locks.",
+            registry=r,
+        )
         self.consumer_restarts = Counter(
             "baton_consumer_restarts",
-            "Kafka consumer clients replaced, by reason (stalled: fetched nothing while records waited; error).",
+            "Kafka consumer clients replaced, by reason (stalled: fetched nothing while records waited; "
+            "commits_failing: offset commits failed in a row; error).",
             ["reason"],
             registry=r,
         )
@@ -153,6 +160,12 @@ def count_consumer_restart(reason: str) -> None:
     """Record a consumer client replaced for `reason`."""
     if (metrics := _current.get()) is not None:
         metrics.consumer_restarts.labels(reason).inc()
+
+
+def count_batch_reapplied() -> None:
+    """Record a batch applied again after its optimistic attempt failed."""
+    if (metrics := _current.get()) is not None:
+        metrics.batches_reapplied.inc()
 
 
 def count_dead_letter(topic: str) -> None:
