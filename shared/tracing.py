@@ -17,6 +17,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -200,8 +201,12 @@ def batch_spans(
     for a lead continues that lead's trace. The spans end when the block does."""
     spans: list[Span] = []
     by_subject: dict[str, list[list[str]]] = {}
+    context_only = isinstance(trace.get_tracer_provider(), ContextOnlyTracerProvider)
     try:
         for headers, event in records:
+            if context_only and (pairs := _child_context_headers(headers)) is not None:
+                by_subject[event.subject] = pairs
+                continue
             attributes: dict[str, AttributeValue] = {
                 "messaging.system": "kafka",
                 "messaging.destination.name": topic,
@@ -225,6 +230,35 @@ def batch_spans(
     finally:
         for span in spans:
             span.end()
+
+
+# The propagator's own pattern (opentelemetry's TraceContextTextMapPropagator), and its length limit.
+_TRACEPARENT = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
+_TRACEPARENT_MAXIMUM_LENGTH = 512
+
+
+def _child_context_headers(headers: Sequence[tuple[str, bytes | None]]) -> list[list[str]] | None:
+    """The outbox header pairs a context-only span for this record would carry, worked out from the record's
+    `traceparent` without building the span: the parent's trace id and flags under a new span id, or a new sampled
+    trace when the record has no valid parent (as the propagator judges one). None when the record also carries a
+    `tracestate`, whose normalising is left to the propagator. Per event of a batch this takes a quarter of the time
+    of extracting, starting a span and injecting it: feedback applies three events per lead."""
+    carrier = _carrier(headers)
+    if "tracestate" in carrier:
+        return None
+    parent = carrier.get("traceparent", "")
+    found = _TRACEPARENT.search(parent) if len(parent) <= _TRACEPARENT_MAXIMUM_LENGTH else None
+    if (
+        found is not None
+        and found.group(2) != "0" * 32
+        and found.group(3) != "0" * 16
+        and found.group(1) != "ff"
+        and not (found.group(1) == "00" and found.group(5))
+    ):
+        trace_id, flags = found.group(2), found.group(4)
+    else:
+        trace_id, flags = format(_IDS.generate_trace_id(), "032x"), "01"
+    return [["ce_traceparent", f"00-{trace_id}-{_IDS.generate_span_id():016x}-{flags}"]]
 
 
 class TraceMiddleware:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,14 @@ from shared.envelope import CloudEvent
 from shared.events import LeadRoutedV1, LeadScoredV1, parse_payload
 from shared.logs import JsonFormatter
 from shared.tables import OUTBOX
-from shared.tracing import ContextOnlyTracerProvider, configure_tracing, consume_span, install_tracing, log_fields
+from shared.tracing import (
+    ContextOnlyTracerProvider,
+    batch_spans,
+    configure_tracing,
+    consume_span,
+    install_tracing,
+    log_fields,
+)
 from shared.uow import Transaction, UnitOfWork
 from tests.support.inprocess import ADMIN_KEY, offline_settings, running
 from tests.unit.fakes import FakePublisher, messaging_schema
@@ -199,3 +207,57 @@ def test_without_an_exporter_spans_carry_the_parents_trace_under_a_new_span_id_a
     assert not tracer.start_span("child", context=unsampled).get_span_context().trace_flags.sampled
     first, second = (tracer.start_span("root").get_span_context() for _ in range(2))
     assert first.is_valid and first.trace_flags.sampled and first.trace_id != second.trace_id
+
+
+def spans_headers(headers: list[tuple[str, bytes | None]]) -> dict[str, str]:
+    """What a span started the general way (extract, start a span, inject) would put in the outbox headers."""
+    event = CloudEvent(type="t", source="s", subject="lead-1", data={})
+    parent = TraceContextTextMapPropagator().extract(
+        {TRACE_NAMES[name]: raw.decode() for name, raw in headers if raw is not None and name in TRACE_NAMES}
+    )
+    carrier: dict[str, str] = {}
+    span = trace.get_tracer("test").start_span("general", context=parent)
+    TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(span))
+    with batch_spans(TOPIC, [(headers, event)]) as by_subject:
+        batched = dict(by_subject["lead-1"])
+    assert set(batched) == {f"ce_{name}" for name in carrier}
+    return {"general": carrier["traceparent"], "batched": batched["ce_traceparent"]}
+
+
+TRACE_NAMES = {"ce_traceparent": "traceparent", "ce_tracestate": "tracestate", "traceparent": "traceparent"}
+PARENT_SPAN = TRACEPARENT.split("-")[2]
+
+
+@pytest.mark.parametrize(
+    ("headers", "continues"),
+    [
+        ([("ce_traceparent", TRACEPARENT.encode())], True),
+        ([("ce_traceparent", TRACEPARENT[:-2].encode() + b"00")], True),  # not sampled: stays so
+        ([("traceparent", TRACEPARENT.encode())], True),
+        ([("ce_traceparent", f" {TRACEPARENT}\t".encode())], True),
+        ([("ce_traceparent", TRACEPARENT.encode()), ("ce_tracestate", b"vendor=x,other=y")], True),
+        ([("ce_traceparent", b"01" + TRACEPARENT[2:].encode() + b"-future")], True),
+        ([], False),
+        ([("ce_traceparent", None)], False),
+        ([("ce_traceparent", b"garbage")], False),
+        ([("ce_traceparent", TRACEPARENT.upper().encode())], False),
+        ([("ce_traceparent", TRACEPARENT.replace(TRACE_ID, "0" * 32).encode())], False),
+        ([("ce_traceparent", TRACEPARENT.replace(PARENT_SPAN, "0" * 16).encode())], False),
+        ([("ce_traceparent", b"ff" + TRACEPARENT[2:].encode())], False),
+        ([("ce_traceparent", TRACEPARENT.encode() + b"-extra")], False),  # version 00 has four fields
+        ([("ce_traceparent", TRACEPARENT.encode() + b" " * 500)], False),  # over 512 characters
+        ([("ce_traceparent", b"garbage"), ("ce_tracestate", b"vendor=x")], False),
+    ],
+)
+def test_a_batchs_trace_headers_are_those_a_span_would_carry(
+    headers: list[tuple[str, bytes | None]], continues: bool
+) -> None:
+    found = spans_headers(headers)
+    general, batched = found["general"].split("-"), found["batched"].split("-")
+    assert batched[0] == general[0] == "00"
+    assert batched[3] == general[3]
+    assert re.fullmatch("[0-9a-f]{16}", batched[2]) and batched[2] not in (PARENT_SPAN, "0" * 16)
+    if continues:
+        assert batched[1] == general[1]
+    else:  # a new trace, each its own
+        assert re.fullmatch("[0-9a-f]{32}", batched[1]) and batched[1] not in (general[1], TRACE_ID, "0" * 32)
