@@ -37,10 +37,19 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.reps import Absence, Load, Rep, WorkingHours, parse_week
-from shared.db import Migration, UtcDateTime, add_columns, create_tables, json_text
+from shared.db import Migration, UtcDateTime, add_columns, among, create_tables, json_text
 from shared.privacy import ERASED_LEADS, add_privacy_tables, strip_personal
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import CheckedWrite, create_unchanged_check, update_rows, write_checked, write_rows
+
+POSTGRES = "postgresql"
+# The dialects statements are built for: PostgreSQL's take lists as arrays (shared.db.among), the others IN lists.
+_DIALECTS = ("sqlite", POSTGRES)
+
+
+def _dialect(session: AsyncSession) -> str:
+    return POSTGRES if session.get_bind().dialect.name == POSTGRES else "sqlite"
+
 
 DEFAULT_POOL = "default"
 
@@ -429,16 +438,15 @@ async def count_claims(session: AsyncSession, claims: Sequence[tuple[str, date, 
 async def lock_loads(session: AsyncSession, *, rep_ids: Sequence[str]) -> dict[str, Load]:
     """The current loads of these reps, their rows locked to commit (in rep id order, as every path takes them), so
     the capacity they have left cannot change before it is claimed. A rep without a load row is absent."""
-    rows = await session.execute(_LOCK_LOADS, {"rep_ids": list(rep_ids)})
+    rows = await session.execute(_LOCK_LOADS[_dialect(session)], {"rep_ids": list(rep_ids)})
     return {row["rep_id"]: load_from_row(dict(row)) for row in rows.mappings()}
 
 
-_LOCK_LOADS = (
-    select(rep_loads)
-    .where(rep_loads.c.rep_id.in_(bindparam("rep_ids", expanding=True)))
-    .order_by(rep_loads.c.rep_id)
+_LOCK_LOADS = {
+    dialect: select(rep_loads).where(among(rep_loads.c.rep_id, "rep_ids", dialect)).order_by(rep_loads.c.rep_id)
     .with_for_update()
-)
+    for dialect in _DIALECTS
+}  # fmt: skip
 
 
 async def release_capacity(session: AsyncSession, *, rep_id: str) -> None:
@@ -524,12 +532,11 @@ async def account_owner(session: AsyncSession, *, domain: str | None) -> str | N
     return result
 
 
-_LOCK_ROTATIONS = (
-    select(rotations.c.pool, rotations.c.weights)
-    .where(rotations.c.pool.in_(bindparam("pools", expanding=True)))
-    .order_by(rotations.c.pool)
-    .with_for_update()
-)
+_LOCK_ROTATIONS = {
+    dialect: select(rotations.c.pool, rotations.c.weights).where(among(rotations.c.pool, "pools", dialect))
+    .order_by(rotations.c.pool).with_for_update()
+    for dialect in _DIALECTS
+}  # fmt: skip
 
 
 # --- policies ------------------------------------------------------------------------------------------------------
@@ -592,7 +599,7 @@ async def lock_rotations(session: AsyncSession, *, pools: Sequence[str]) -> dict
     """`lock_rotation` for many pools at once (taken in pool order): their round-robin totals, by pool."""
     if not pools:
         return {}
-    rows = await session.execute(_LOCK_ROTATIONS, {"pools": list(pools)})
+    rows = await session.execute(_LOCK_ROTATIONS[_dialect(session)], {"pools": list(pools)})
     found = {pool: dict(weights or {}) for pool, weights in rows.all()}
     missing = sorted(set(pools) - set(found))
     if missing:
@@ -719,46 +726,51 @@ async def read_run_leads(
                     known.rotations_read)  # fmt: skip
 
 
-_ROUTING_STATUSES = (
-    select(assignments.c.lead_id, assignments.c.status)
-    .where(assignments.c.lead_id.in_(bindparam("lead_ids", expanding=True)))
-    .order_by(assignments.c.lead_id)
-    .with_for_update()
-)
+def _run_leads(dialect: str) -> CompoundSelect[tuple[str, str | None, str | None]]:
+    """What `read_run_leads` reads, the routing states' and pools' rows locked. On PostgreSQL each list is one array
+    parameter (`among`): one prepared statement, planned once, whatever the run's size."""
+    # The locking selects as CTEs: PostgreSQL takes FOR UPDATE there (not on a UNION), rows in key order.
+    statuses = (
+        select(assignments.c.lead_id, assignments.c.status).where(among(assignments.c.lead_id, "lead_ids", dialect))
+        .order_by(assignments.c.lead_id).with_for_update().cte("locked_statuses")
+    )  # fmt: skip
+    turns = _LOCK_ROTATIONS[dialect].cte("locked_rotations")
+    return union_all(
+        select(literal_column("'erased'").label("fact"), _erased.c.lead_id.label("key"), null().label("value")).where(
+            among(_erased.c.lead_id, "lead_ids", dialect)
+        ),
+        select(literal_column("'status'"), statuses.c.lead_id, statuses.c.status),
+        select(literal_column("'owner'"), accounts.c.domain, accounts.c.rep_id).where(
+            among(accounts.c.domain, "domains", dialect)
+        ),
+        select(literal_column("'policy'"), cast(policies.c.version, String), null()).where(policies.c.active),
+        select(literal_column("'rotation'"), turns.c.pool, cast(turns.c.weights, String)),
+        select(literal_column("'subscribed'"), null(), null()).where(exists().where(webhook_subscriptions.c.active)),
+    )
+
 
 _erased = metadata.tables[ERASED_LEADS]
-# The locking select as a CTE: PostgreSQL takes FOR UPDATE there (not on a UNION), rows in lead id order.
-_LOCKED_STATUSES = _ROUTING_STATUSES.cte("locked_statuses")
-_LOCKED_ROTATIONS = _LOCK_ROTATIONS.cte("locked_rotations")
-_RUN_LEADS = union_all(
-    select(literal_column("'erased'").label("fact"), _erased.c.lead_id.label("key"), null().label("value")).where(
-        _erased.c.lead_id.in_(bindparam("lead_ids", expanding=True))
-    ),
-    select(literal_column("'status'"), _LOCKED_STATUSES.c.lead_id, _LOCKED_STATUSES.c.status),
-    select(literal_column("'owner'"), accounts.c.domain, accounts.c.rep_id).where(
-        accounts.c.domain.in_(bindparam("domains", expanding=True))
-    ),
-    select(literal_column("'policy'"), cast(policies.c.version, String), null()).where(policies.c.active),
-    select(literal_column("'rotation'"), _LOCKED_ROTATIONS.c.pool, cast(_LOCKED_ROTATIONS.c.weights, String)),
-    select(literal_column("'subscribed'"), null(), null()).where(exists().where(webhook_subscriptions.c.active)),
-)
+_RUN_LEADS = _run_leads("sqlite")
+_PG_RUN_LEADS = _run_leads(POSTGRES)
 # PostgreSQL: the roster too, a row as JSON per rep (the round trip `load_roster` would take on its own).
 _ROSTER = _REPS_WITH_LOADS.order_by(None).subquery("roster")
 _ROSTER_ROWS = select(
     literal_column("'rep'"), _ROSTER.c.rep_id, cast(func.row_to_json(literal_column("roster")), String)
 )
-_RUN_LEADS_AND_ROSTER: CompoundSelect[tuple[str, str | None, str | None]] = union_all(*_RUN_LEADS.selects, _ROSTER_ROWS)
+_RUN_LEADS_AND_ROSTER: CompoundSelect[tuple[str, str | None, str | None]] = union_all(
+    *_PG_RUN_LEADS.selects, _ROSTER_ROWS
+)
 # The same without locks: a plain SELECT (no CTE), so it runs before the transaction begins.
 _PEEK_RUN_LEADS_AND_ROSTER: CompoundSelect[tuple[str, str | None, str | None]] = union_all(
-    _RUN_LEADS.selects[0],
+    _PG_RUN_LEADS.selects[0],
     select(literal_column("'status'"), assignments.c.lead_id, assignments.c.status).where(
-        assignments.c.lead_id.in_(bindparam("lead_ids", expanding=True))
+        among(assignments.c.lead_id, "lead_ids", POSTGRES)
     ),
-    *_RUN_LEADS.selects[2:4],
+    *_PG_RUN_LEADS.selects[2:4],
     select(literal_column("'rotation'"), rotations.c.pool, cast(rotations.c.weights, String)).where(
-        rotations.c.pool.in_(bindparam("pools", expanding=True))
+        among(rotations.c.pool, "pools", POSTGRES)
     ),
-    *_RUN_LEADS.selects[5:],
+    *_PG_RUN_LEADS.selects[5:],
     _ROSTER_ROWS,
 )
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     CompoundSelect,
     Float,
     Index,
@@ -20,7 +21,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    bindparam,
     cast,
     delete,
     func,
@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.learning import Weights
 from services.scoring.rules import Touch
-from shared.db import Migration, UtcDateTime, add_columns, create_tables
+from shared.db import Migration, UtcDateTime, add_columns, among, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import write_rows
@@ -343,24 +343,27 @@ async def known_about(session: AsyncSession, *, lead_ids: Sequence[str]) -> Know
     return replace(known, in_force=in_force)
 
 
-def _known_statement() -> CompoundSelect[Any]:
+def _known_statement(dialect: str) -> CompoundSelect[Any]:
     # Touches first: a union's columns take their types (UtcDateTime's conversion on SQLite) from its first select.
-    lead_ids = bindparam("lead_ids", type_=String, expanding=True)
+    # On PostgreSQL the ids are one array (`among`): one prepared statement, planned once, whatever the run's size.
+    def for_leads(column: ColumnElement[str]) -> ColumnElement[bool]:
+        return among(column, "lead_ids", dialect)
+
     erased = metadata.tables[ERASED_LEADS]
     return union_all(
         select(literal_column("'touch'", String).label("fact"), touches.c.lead_id, touches.c.kind.label("detail"),
-               touches.c.at, touches.c.id.label("position")).where(touches.c.lead_id.in_(lead_ids)),
+               touches.c.at, touches.c.id.label("position")).where(for_leads(touches.c.lead_id)),
         select(literal_column("'held'", String), pending_outcomes.c.lead_id, pending_outcomes.c.kind,
-               pending_outcomes.c.occurred_at, pending_outcomes.c.id).where(pending_outcomes.c.lead_id.in_(lead_ids)),
+               pending_outcomes.c.occurred_at, pending_outcomes.c.id).where(for_leads(pending_outcomes.c.lead_id)),
         select(literal_column("'verdict'", String), scores.c.lead_id, scores.c.verdict, null(), null())
-        .where(scores.c.lead_id.in_(lead_ids)),
+        .where(for_leads(scores.c.lead_id)),
         select(literal_column("'erased'", String), erased.c.lead_id, null(), null(), null())
-        .where(erased.c.lead_id.in_(lead_ids)),
+        .where(for_leads(erased.c.lead_id)),
     )  # fmt: skip
 
 
 # Built once: building a statement takes about half the CPU of running it.
-_KNOWN = _known_statement()
+_KNOWN = _known_statement("sqlite")
 
 
 # --- the learned model -------------------------------------------------------------------------------------------
@@ -387,7 +390,9 @@ async def load_weights(session: AsyncSession, *, tokens: list[str], state: Mappi
     stored = state if state is not None else (await session.execute(_LEARNED_STATE)).mappings().one()
     model = Weights(bias=stored["bias"], bias_accumulated=stored["bias_accumulated"], outcomes=stored["outcomes"])
     if tokens and model.outcomes:
-        rows = await session.execute(_LEARNED_WEIGHTS, {"tokens": tokens})
+        rows = await session.execute(
+            _LEARNED_WEIGHTS[session.get_bind().dialect.name == "postgresql"], {"tokens": tokens}
+        )
         for token, weight, accumulated in rows:
             model.weights[token] = weight
             model.accumulated[token] = accumulated
@@ -406,7 +411,7 @@ _MODELS_IN_FORCE = select(learned_state, _ACTIVE_VERSION.label("active_version")
 # PostgreSQL: `_KNOWN` with the models in force as one more row, their state as JSON (a float's text in PostgreSQL
 # reads back as the same float), the round trip `models_in_force` would take on its own.
 _KNOWN_AND_MODELS: CompoundSelect[Any] = union_all(
-    *_KNOWN.selects,
+    *_known_statement("postgresql").selects,
     select(
         literal_column("'models'", String), null(),
         cast(func.json_build_object(
@@ -416,7 +421,11 @@ _KNOWN_AND_MODELS: CompoundSelect[Any] = union_all(
         null(), null(),
     ).where(learned_state.c.id == 1),
 )  # fmt: skip
-_LEARNED_WEIGHTS = select(learned_weights).where(learned_weights.c.token.in_(bindparam("tokens", expanding=True)))
+# By whether the database is PostgreSQL (one array of tokens there, whatever their number).
+_LEARNED_WEIGHTS = {
+    postgres: select(learned_weights).where(among(learned_weights.c.token, "tokens", "postgresql" if postgres else ""))
+    for postgres in (False, True)
+}
 
 
 async def lock_learned_state(session: AsyncSession) -> None:
