@@ -33,10 +33,12 @@ async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, no
     """Route a run of scored leads exactly as `route_scored_lead` would one by one, in order, at `now`.
 
     Optimistically (`tx.optimistic`: a consumed batch on PostgreSQL), when every lead is new and every pool it needs
-    has its turns, the run reads without locks and its writes are checked (shared.writes): the pools' turns must be
-    as read and the reps' capacity must still hold, and a lead routed meanwhile fails its insert. Either fails the
-    commit, and the consumer routes the run again, with locks. Read then write: two round trips, no BEGIN, no
-    COMMIT."""
+    has its turns, the run reads without locks and its writes are checked (shared.writes): the reps' capacity must
+    still hold, and a lead routed meanwhile fails its insert. Either fails the commit, and the consumer routes the
+    run again, with locks. Read then write: two round trips, no BEGIN, no COMMIT. The run's turns are added to the
+    pools' totals as they stand at the commit (`store.add_to_rotations`), so replicas routing the same pools at once
+    neither fail nor wait for each other: each pick is the next in turn as its replica read the pool, and every pick
+    counts, so each rep's share stays within a pick per concurrent run of its weight's."""
     moment = now or utc_now()
     views = [lead_view(scored) for scored in run]
     optimistic = tx.optimistic
@@ -47,7 +49,7 @@ async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, no
     plan = await _plan(tx, leads, known=known, policy=policy, now=moment)
     if optimistic:
         # Turns first, then capacity: the order the locking path takes their rows in.
-        await store.save_rotations_checked(tx.session, _last_turns(plan), read=known.rotations_read)
+        await store.add_to_rotations(tx.session, _turn_changes(plan, read=known.rotations))
         await store.claim_capacities_checked(tx.session, [
             (rep, rep.local_day(moment), count) for rep, count in _claims(plan).values()
         ])  # fmt: skip
@@ -153,6 +155,14 @@ def _last_turns(plan: RunPlan) -> list[tuple[str, dict[str, int], str]]:
         if decision.rep is not None and decision.via == "rule"
     }
     return [(pool, dict(plan.view.rotations[pool]), rep_id) for pool, rep_id in sorted(last_turns.items())]
+
+
+def _turn_changes(plan: RunPlan, *, read: Mapping[str, Mapping[str, int]]) -> list[tuple[str, dict[str, int], str]]:
+    """`_last_turns` as changes to the totals `read`: what the run's picks added to each rep's."""
+    return [
+        (pool, {rep_id: total - read[pool].get(rep_id, 0) for rep_id, total in totals.items()}, rep_id)
+        for pool, totals, rep_id in _last_turns(plan)
+    ]
 
 
 async def _save_turns(tx: Transaction, plan: RunPlan) -> None:

@@ -625,25 +625,33 @@ async def save_rotations(session: AsyncSession, turns: Sequence[tuple[str, dict[
     await update_rows(session, rotations, rows, key=("pool",))
 
 
-async def save_rotations_checked(
-    session: AsyncSession, turns: Sequence[tuple[str, dict[str, int], str]], *, read: Mapping[str, str | None]
-) -> None:
-    """`save_rotations` as a checked write (shared.writes): each pool's totals must still be as `read` holds them
-    (as stored, `RunLeads.rotations_read`), or the statement sending it fails (IntegrityError) and nothing is saved.
-    For turns taken on totals read without the pools' locks."""
+async def add_to_rotations(session: AsyncSession, turns: Sequence[tuple[str, dict[str, int], str]]) -> None:
+    """Add (pool, change of each rep's round-robin total, rep of the last pick) to the pools' stored totals, kept with
+    the transaction's other writes as a checked write (shared.writes): a pool without a row fails the statement
+    sending it (IntegrityError). For turns taken on totals read without the pools' locks: the change is added to
+    the totals as they are at the commit, not written over them, so another replica's turns taken meanwhile stay
+    counted and neither waits for the other (smooth weighted round robin only adds to the totals, and every pick
+    leaves their sum as it was)."""
     ordered = sorted(turns)
-    await write_checked(session, _SAVE_ROTATIONS, {
-        "pool": [pool for pool, _, _ in ordered], "weights": [json_text(weights) for _, weights, _ in ordered],
-        "last_rep_id": [rep_id for _, _, rep_id in ordered], "read": [read[pool] for pool, _, _ in ordered],
+    await write_checked(session, _ADD_TO_ROTATIONS, {
+        "pool": [pool for pool, _, _ in ordered], "changes": [json_text(changes) for _, changes, _ in ordered],
+        "last_rep_id": [rep_id for _, _, rep_id in ordered],
     })  # fmt: skip
 
 
-_SAVE_ROTATIONS = CheckedWrite(
+# Each rep's total plus its change, a rep missing from either counting 0 (a row's totals that are not an object
+# count as none). On a row another transaction changed meanwhile, PostgreSQL works this out again from its new
+# version once that one commits (READ COMMITTED), so concurrent additions all count.
+_ADD_TO_ROTATIONS = CheckedWrite(
     rotations,
-    "UPDATE rotations SET weights = turn.weights::json, last_rep_id = turn.last_rep_id "
-    "FROM unnest(CAST(:{p}pool AS varchar[]), CAST(:{p}weights AS text[]), CAST(:{p}last_rep_id AS varchar[]), "
-    "CAST(:{p}read AS text[])) AS turn(pool, weights, last_rep_id, read) "
-    "WHERE rotations.pool = turn.pool AND rotations.weights::text IS NOT DISTINCT FROM turn.read",
+    "UPDATE rotations SET last_rep_id = turn.last_rep_id, weights = ("
+    "SELECT coalesce(json_object_agg(total.rep_id, total.value ORDER BY total.rep_id), '{}'::json) FROM ("
+    "SELECT part.key AS rep_id, sum(part.value::integer) AS value FROM ("
+    "SELECT key, value FROM json_each_text(CASE WHEN json_typeof(rotations.weights) = 'object' "
+    "THEN rotations.weights ELSE '{}'::json END) "
+    "UNION ALL SELECT key, value FROM json_each_text(turn.changes::json)) AS part GROUP BY part.key) AS total) "
+    "FROM unnest(CAST(:{p}pool AS varchar[]), CAST(:{p}changes AS text[]), CAST(:{p}last_rep_id AS varchar[])) "
+    "AS turn(pool, changes, last_rep_id) WHERE rotations.pool = turn.pool",
 )
 
 
@@ -670,8 +678,7 @@ class RunLeads:
     locked to the commit), the owners of their companies' accounts (by lower-cased domain), which routing policy is
     active, the round-robin totals of the pools asked for (their rows locked to the commit; a pool without a row is
     absent), whether any webhook subscription is active, and on PostgreSQL every rep with their load (`roster`, as
-    `load_roster` reads it; None: not read). `rotations_read` holds each pool's round-robin totals as stored (JSON
-    text), what `save_rotations_checked` compares with."""
+    `load_roster` reads it; None: not read)."""
 
     erased: set[str]
     statuses: dict[str, str | None]
@@ -680,7 +687,6 @@ class RunLeads:
     rotations: dict[str, dict[str, int]] = field(default_factory=dict)
     subscribed: bool = True
     roster: tuple[list[Rep], dict[str, Load]] | None = None
-    rotations_read: dict[str, str | None] = field(default_factory=dict)
 
 
 async def read_run_leads(
@@ -713,7 +719,6 @@ async def read_run_leads(
             known.owners[key] = value
         elif fact == "rotation":
             known.rotations[key] = dict(json.loads(value) or {}) if value else {}
-            known.rotations_read[key] = value
         elif fact == "subscribed":
             subscribed = True
         else:  # one is active (activating another retires it)
@@ -722,8 +727,7 @@ async def read_run_leads(
     if postgres:
         rep_rows.sort(key=lambda row: str(row["rep_id"]))
         roster = [rep_from_row(row) for row in rep_rows], {row["rep_id"]: load_from_row(row) for row in rep_rows}
-    return RunLeads(known.erased, known.statuses, known.owners, policy_version, known.rotations, subscribed, roster,
-                    known.rotations_read)  # fmt: skip
+    return RunLeads(known.erased, known.statuses, known.owners, policy_version, known.rotations, subscribed, roster)
 
 
 def _run_leads(dialect: str) -> CompoundSelect[tuple[str, str | None, str | None]]:

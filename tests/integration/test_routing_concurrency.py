@@ -26,6 +26,8 @@ from shared.events import LeadRoutedV1, LeadScoredV1
 from shared.failures import is_outage
 from shared.privacy import mark_erased
 from shared.uow import UnitOfWork
+from shared.writes import send_writes
+from tests.support.polling import eventually
 from tests.support.server_log import ServerLog
 
 Replicas = tuple[UnitOfWork, UnitOfWork]
@@ -271,11 +273,6 @@ async def test_an_optimistic_run_reads_once_writes_once_and_routes_as_one_with_l
     assert loads == {"rep-a": (3, 3), "rep-b": (2, 2)}
 
 
-async def _turn_taken(other: UnitOfWork) -> None:
-    async with other.transaction() as tx:
-        await tx.session.execute(update(store.rotations).values(weights={"rep-a": 5, "rep-b": -5}))
-
-
 async def _capacity_taken(other: UnitOfWork) -> None:
     async with other.transaction() as tx:
         for rep_id, cap in CAPS.items():  # every rep full
@@ -288,12 +285,12 @@ async def _lead_routed(other: UnitOfWork) -> None:
     await _route(other, _scored("lead-01"))
 
 
-@pytest.mark.parametrize("meanwhile", [_turn_taken, _capacity_taken, _lead_routed])
+@pytest.mark.parametrize("meanwhile", [_capacity_taken, _lead_routed])
 async def test_an_optimistic_run_whose_reads_changed_before_its_commit_fails_whole_and_routes_again_with_locks(
     database_url: str, schema: str, meanwhile: Callable[[UnitOfWork], Awaitable[None]]
 ) -> None:
-    """Another replica takes a pool's turn, a rep's last capacity, or routes one of the leads between the run's
-    read and its commit: the commit fails (IntegrityError) and nothing of the run stays; routed again with locks,
+    """Another replica takes a rep's last capacity, or routes one of the leads, between the run's read and its
+    commit: the commit fails (IntegrityError) and nothing of the run stays; routed again with locks,
     as the consumer does next, every lead has one routing state and no cap is passed."""
     async with _replicas(database_url, schema) as (first, second):
         await _two_reps_and_a_first_run(first)
@@ -330,3 +327,83 @@ async def test_optimistic_runs_on_two_replicas_never_exceed_a_cap(database_url: 
         await asyncio.gather(*(_route_run(replica, run) for run in runs for replica in (first, second)))
         warm = [f"lead-warm-{id(replica)}" for replica in (first, second)]
         await _one_state_per_lead_and_caps_filled(first, caps, [*warm, *(lead.lead_id for lead in leads)])
+
+
+async def test_optimistic_runs_of_two_replicas_on_one_pool_both_commit_and_every_turn_counts(
+    database_url: str, schema: str
+) -> None:
+    """A replica takes turns of the pool another run read without locks and commits first: that run commits too, its
+    turns added to the pool's totals, not written over them. Every pick counts: the totals are what the picks of both
+    runs add up to (their sum stays 0, as smooth weighted round robin keeps it), and each rep's share of the leads
+    is within a pick per run of its weight's."""
+    weights = {"rep-a": 2, "rep-b": 1, "rep-c": 1}
+    async with _replicas(database_url, schema) as (first, second):
+        for rep_id, weight in weights.items():
+            await admin.save_rep(first, RepIn(name=rep_id, email=f"{rep_id}@example.com", weight=weight), rep_id=rep_id)
+        for replica in (first, second):  # each learns the policy, as after its first run
+            await _route_run(replica, [_scored(f"lead-warm-{id(replica)}")], optimistic=False)
+        async with first.read() as session:
+            (before,) = (await session.execute(_TURNS_TAKEN)).scalars().all()
+        async with first.transaction() as tx:  # reads, decides, keeps its writes
+            tx.optimistic = True
+            await route_scored_leads(tx, [_scored(f"lead-1-{n}") for n in range(5)])
+            async with second.transaction() as other:  # and commits meanwhile, on the same totals
+                other.optimistic = True
+                await route_scored_leads(other, [_scored(f"lead-2-{n}") for n in range(6)])
+        async with first.read() as session:
+            (after,) = (await session.execute(_TURNS_TAKEN)).scalars().all()
+        held, loads, _, _ = await _routing_outcome(first)
+    assert sum(after.values()) == sum(before.values()) == 0
+    assert after != before
+    assigned = Counter(rep_id for lead_id, rep_id, status in held if status == "assigned" and "warm" not in lead_id)
+    assert sum(assigned.values()) == 11  # both runs committed, every lead assigned once
+    assert all(abs(assigned[rep_id] - 11 * weight / 4) <= 2 for rep_id, weight in weights.items()), assigned
+    assert {rep_id: open_leads for rep_id, (open_leads, _) in loads.items()} == {
+        rep_id: assigned[rep_id] + sum(1 for lead_id, owner, _ in held if owner == rep_id and "warm" in lead_id)
+        for rep_id in weights
+    }
+    # The totals are the picks' own: replaying every pick from the totals before, in any order, gives them.
+    replayed = dict(before)
+    for lead_id, rep_id, status in held:
+        if status == "assigned" and "warm" not in lead_id:
+            for other_rep, weight in weights.items():
+                replayed[other_rep] = replayed.get(other_rep, 0) + weight
+            replayed[rep_id] -= sum(weights.values())
+    assert after == replayed
+
+
+# The totals of the pool whose turns were taken (not those of a pool no rule sent a lead to).
+_TURNS_TAKEN = select(store.rotations.c.weights).where(store.rotations.c.last_rep_id.is_not(None))
+
+
+async def test_turns_added_by_two_transactions_at_once_both_count(database_url: str, schema: str) -> None:
+    """The second addition waits on the first's row lock; once that commits, it adds to the totals the first left."""
+    async with _replicas(database_url, schema) as (first, second):
+        async with first.transaction() as tx:
+            await tx.session.execute(store.rotations.insert().values(pool="pool-1", weights={"rep-a": 3, "rep-b": -3}))
+        added: asyncio.Task[None] | None = None
+        async with first.transaction() as tx:
+            await store.add_to_rotations(tx.session, [("pool-1", {"rep-a": -4, "rep-b": 2, "rep-c": 2}, "rep-a")])
+            await send_writes(tx.session)  # sent now: the row stays locked until this transaction ends
+
+            async def add_meanwhile() -> None:
+                async with second.transaction() as other:
+                    await store.add_to_rotations(other.session, [("pool-1", {"rep-a": 1, "rep-c": -1}, "rep-c")])
+
+            added = asyncio.create_task(add_meanwhile())
+            await eventually(lambda: _waiting_on_a_lock(first), timeout=10, message="the second addition waits")
+        await asyncio.wait_for(added, 10)
+        async with first.read() as session:
+            turns = select(store.rotations.c.weights, store.rotations.c.last_rep_id)
+            row = (await session.execute(turns.where(store.rotations.c.pool == "pool-1"))).one()
+    assert tuple(row) == ({"rep-a": 0, "rep-b": -1, "rep-c": 1}, "rep-c")
+
+
+async def _waiting_on_a_lock(uow: UnitOfWork) -> bool:
+    async with uow.read() as session:
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+        )
+    return bool(waiting)
