@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.reps import Absence, Load, Rep, WorkingHours, parse_week
-from shared.db import Migration, UtcDateTime, add_columns, among, create_tables, json_text
+from shared.db import Migration, UtcDateTime, add_columns, among, create_tables, few_enough, json_text
 from shared.privacy import ERASED_LEADS, add_privacy_tables, strip_personal
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import CheckedWrite, create_unchanged_check, update_rows, write_checked, write_rows
@@ -707,7 +707,10 @@ async def read_run_leads(
     subscribed = False
     postgres = session.get_bind().dialect.name == "postgresql"
     rep_rows: list[dict[str, Any]] = []
-    statement = (_RUN_LEADS_AND_ROSTER if lock else _PEEK_RUN_LEADS_AND_ROSTER) if postgres else _RUN_LEADS
+    statement = _RUN_LEADS
+    if postgres:
+        few = few_enough(*parameters.values())
+        statement = _RUN_LEADS_AND_ROSTER[few] if lock else _PEEK_RUN_LEADS_AND_ROSTER[few]
     for fact, key, value in await session.execute(statement, parameters):
         if fact == "rep":
             rep_rows.append(json.loads(value))
@@ -755,28 +758,36 @@ def _run_leads(dialect: str) -> CompoundSelect[tuple[str, str | None, str | None
 
 _erased = metadata.tables[ERASED_LEADS]
 _RUN_LEADS = _run_leads("sqlite")
-_PG_RUN_LEADS = _run_leads(POSTGRES)
 # PostgreSQL: the roster too, a row as JSON per rep (the round trip `load_roster` would take on its own).
 _ROSTER = _REPS_WITH_LOADS.order_by(None).subquery("roster")
 _ROSTER_ROWS = select(
     literal_column("'rep'"), _ROSTER.c.rep_id, cast(func.row_to_json(literal_column("roster")), String)
 )
-_RUN_LEADS_AND_ROSTER: CompoundSelect[tuple[str, str | None, str | None]] = union_all(
-    *_PG_RUN_LEADS.selects, _ROSTER_ROWS
-)
-# The same without locks: a plain SELECT (no CTE), so it runs before the transaction begins.
-_PEEK_RUN_LEADS_AND_ROSTER: CompoundSelect[tuple[str, str | None, str | None]] = union_all(
-    _PG_RUN_LEADS.selects[0],
-    select(literal_column("'status'"), assignments.c.lead_id, assignments.c.status).where(
-        among(assignments.c.lead_id, "lead_ids", POSTGRES)
-    ),
-    *_PG_RUN_LEADS.selects[2:4],
-    select(literal_column("'rotation'"), rotations.c.pool, cast(rotations.c.weights, String)).where(
-        among(rotations.c.pool, "pools", POSTGRES)
-    ),
-    *_PG_RUN_LEADS.selects[5:],
-    _ROSTER_ROWS,
-)
+
+
+def _peek_run_leads(dialect: str) -> CompoundSelect[tuple[str, str | None, str | None]]:
+    """`_run_leads` and the roster without locks: a plain SELECT (no CTE), so it runs before the transaction
+    begins."""
+    selects = _run_leads(dialect).selects
+    return union_all(
+        selects[0],
+        select(literal_column("'status'"), assignments.c.lead_id, assignments.c.status).where(
+            among(assignments.c.lead_id, "lead_ids", dialect)
+        ),
+        *selects[2:4],
+        select(literal_column("'rotation'"), rotations.c.pool, cast(rotations.c.weights, String)).where(
+            among(rotations.c.pool, "pools", dialect)
+        ),
+        *selects[5:],
+        _ROSTER_ROWS,
+    )
+
+
+# PostgreSQL, by whether the run's lists are few (shared.db.FEW_VALUES: IN lists) or not (arrays).
+_RUN_LEADS_AND_ROSTER: dict[bool, CompoundSelect[tuple[str, str | None, str | None]]] = {
+    few: union_all(*_run_leads("sqlite" if few else POSTGRES).selects, _ROSTER_ROWS) for few in (True, False)
+}
+_PEEK_RUN_LEADS_AND_ROSTER = {few: _peek_run_leads("sqlite" if few else POSTGRES) for few in (True, False)}
 
 
 async def insert_assignments(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.learning import Weights
 from services.scoring.rules import Touch
-from shared.db import Migration, UtcDateTime, add_columns, among, create_tables
+from shared.db import Migration, UtcDateTime, add_columns, among, create_tables, few_enough
 from shared.privacy import ERASED_LEADS, add_privacy_tables
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import write_rows
@@ -321,7 +321,7 @@ async def known_about(session: AsyncSession, *, lead_ids: Sequence[str]) -> Know
     held: dict[str, list[tuple[int, str, datetime]]] = {}
     in_force: ModelsInForce | None = None
     postgres = session.get_bind().dialect.name == "postgresql"
-    statement = _KNOWN_AND_MODELS if postgres else _KNOWN
+    statement = _KNOWN_AND_MODELS[few_enough(lead_ids)] if postgres else _KNOWN
     for fact, lead_id, detail, at, position in await session.execute(statement, {"lead_ids": list(lead_ids)}):
         if fact == "touch":
             touched.setdefault(lead_id, []).append((at, position, detail))
@@ -410,17 +410,21 @@ _ACTIVE_VERSION = (
 _MODELS_IN_FORCE = select(learned_state, _ACTIVE_VERSION.label("active_version")).where(learned_state.c.id == 1)
 # PostgreSQL: `_KNOWN` with the models in force as one more row, their state as JSON (a float's text in PostgreSQL
 # reads back as the same float), the round trip `models_in_force` would take on its own.
-_KNOWN_AND_MODELS: CompoundSelect[Any] = union_all(
-    *_known_statement("postgresql").selects,
-    select(
-        literal_column("'models'", String), null(),
-        cast(func.json_build_object(
-            "bias", learned_state.c.bias, "bias_accumulated", learned_state.c.bias_accumulated,
-            "outcomes", learned_state.c.outcomes, "active_version", _ACTIVE_VERSION,
-        ), String),
-        null(), null(),
-    ).where(learned_state.c.id == 1),
-)  # fmt: skip
+# By whether the run's ids are few (shared.db.FEW_VALUES: an IN list) or not (an array).
+_KNOWN_AND_MODELS: dict[bool, CompoundSelect[Any]] = {
+    few: union_all(
+        *_known_statement("sqlite" if few else "postgresql").selects,
+        select(
+            literal_column("'models'", String), null(),
+            cast(func.json_build_object(
+                "bias", learned_state.c.bias, "bias_accumulated", learned_state.c.bias_accumulated,
+                "outcomes", learned_state.c.outcomes, "active_version", _ACTIVE_VERSION,
+            ), String),
+            null(), null(),
+        ).where(learned_state.c.id == 1),
+    )
+    for few in (True, False)
+}  # fmt: skip
 # By whether the database is PostgreSQL (one array of tokens there, whatever their number).
 _LEARNED_WEIGHTS = {
     postgres: select(learned_weights).where(among(learned_weights.c.token, "tokens", "postgresql" if postgres else ""))

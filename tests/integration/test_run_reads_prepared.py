@@ -1,6 +1,8 @@
 """The reads a consumed run starts with, on real PostgreSQL: scoring's `known_about` and routing's `read_run_leads`
-(with locks and without) are each one prepared statement whatever the run's size. An IN list was a new statement
-for every number of leads: prepared anew (a round trip more) and planned anew, batch after batch, at high rates."""
+(with locks and without) are each one prepared statement whatever the run's size, past a few leads
+(shared.db.FEW_VALUES). An IN list was a new statement for every number of leads: prepared anew (a round trip
+more) and planned anew, batch after batch, at high rates. A few leads still go as an IN list (one statement per
+count, prepared once): an array that small is planned anew at every execution."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from services.routing import store as routing_store
 from services.scoring import store as scoring_store
-from shared.db import Migration, make_engine, migrate
+from shared.db import FEW_VALUES, Migration, make_engine, migrate
 from shared.privacy import ERASED_LEADS
 
-SIZES = (1, 2, 3, 5, 8, 13, 40)
+# Past FEW_VALUES (8); a run's first reads, of a few leads, prepare the statements for a few.
+SIZES = (9, 10, 11, 13, 20, 40, 100)
 
 
 async def _engine(database_url: str, prefix: str, migrations: tuple[Migration, ...]) -> AsyncEngine:
@@ -48,6 +51,12 @@ async def _statements_prepared(session: AsyncSession) -> int:
 async def _new_statements(session: AsyncSession, read: Callable[[list[str]], Awaitable[object]]) -> list[int]:
     """How many statements the connection had prepared after reading a run of each size in SIZES."""
     await _statements_prepared(session)  # the count's own statement, prepared first
+    for size in range(1, FEW_VALUES + 1):
+        await read([f"lead-{number}" for number in range(size)])
+    few = await _statements_prepared(session)
+    for size in range(1, FEW_VALUES + 1):  # a count seen before: no statement more
+        await read([f"lead-{number}" for number in range(size)])
+    assert await _statements_prepared(session) == few
     counts = []
     for size in SIZES:
         await read([f"lead-{number}" for number in range(size)])
@@ -69,8 +78,10 @@ async def test_scoring_reads_a_run_of_any_size_with_one_prepared_statement(scori
 
         counts = await _new_statements(session, read)
     assert counts == [counts[0]] * len(SIZES), counts
-    assert [sorted(known.touches) for known in found] == [[]] * 3 + [["lead-4"]] * 4
-    assert [sorted(known.erased) for known in found] == [[]] * 4 + [["lead-7"]] * 3
+    few: list[list[str]] = [[]] * 4 + [["lead-4"]] * 4
+    assert [sorted(known.touches) for known in found] == few * 2 + [["lead-4"]] * len(SIZES)
+    few = [[]] * 7 + [["lead-7"]]
+    assert [sorted(known.erased) for known in found] == few * 2 + [["lead-7"]] * len(SIZES)
 
 
 @pytest.mark.parametrize("lock", [True, False])
@@ -91,4 +102,5 @@ async def test_routing_reads_a_run_of_any_size_with_one_prepared_statement(
 
         counts = await _new_statements(session, read)
     assert counts == [counts[0]] * len(SIZES), counts
-    assert [known.rotations for known in found] == [{}] * 3 + [{"pool-3": {"rep-1": 2}}] * 4
+    few: list[dict[str, dict[str, int]]] = [{}] * 3 + [{"pool-3": {"rep-1": 2}}] * 5
+    assert [known.rotations for known in found] == few * 2 + [{"pool-3": {"rep-1": 2}}] * len(SIZES)
