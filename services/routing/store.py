@@ -31,6 +31,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     union_all,
     update,
 )
@@ -252,6 +253,33 @@ def _migration_3(connection: Connection) -> None:
 _V1_REPS = {"rep_id", "name", "email", "active", "created_at"}
 _V1_ASSIGNMENTS = {"assignment_id", "lead_id", "kind", "rep_id", "score", "reason", "details", "decided_at"}
 
+
+def _create_add_to_turns(connection: Connection) -> None:
+    """Migration step (PostgreSQL): `add_to_turns(totals, changes)`, each rep's total plus its change (a rep missing
+    from either counts 0; totals that are not an object count as none). A function rather than the same in SQL
+    within the statement: PostgreSQL plans that anew at every execution (its arrays), and planning json_each_text,
+    a union and an aggregate took twice the server's CPU of the statement it replaced; a function's plan is kept."""
+    if connection.dialect.name != "postgresql":
+        return
+    connection.execute(
+        text("""
+        CREATE FUNCTION add_to_turns(totals json, changes json) RETURNS json LANGUAGE plpgsql IMMUTABLE AS $$
+        DECLARE
+            merged jsonb := CASE WHEN json_typeof(totals) = 'object' THEN totals::jsonb ELSE '{}'::jsonb END;
+            change record;
+        BEGIN
+            FOR change IN SELECT key, value FROM json_each_text(changes) LOOP
+                merged := merged || jsonb_build_object(
+                    change.key, coalesce((merged ->> change.key)::integer, 0) + change.value::integer
+                );
+            END LOOP;
+            RETURN merged::json;
+        END
+        $$
+    """)
+    )
+
+
 MIGRATIONS = (
     Migration(
         1,
@@ -267,6 +295,7 @@ MIGRATIONS = (
     ),
     Migration(5, "erased leads", create_tables(metadata, ERASED_LEADS)),
     Migration(6, "the check of compare-and-set writes", create_unchanged_check),
+    Migration(7, "the function adding a run's turns to a pool's totals", _create_add_to_turns),
 )
 
 
@@ -639,17 +668,12 @@ async def add_to_rotations(session: AsyncSession, turns: Sequence[tuple[str, dic
     })  # fmt: skip
 
 
-# Each rep's total plus its change, a rep missing from either counting 0 (a row's totals that are not an object
-# count as none). On a row another transaction changed meanwhile, PostgreSQL works this out again from its new
-# version once that one commits (READ COMMITTED), so concurrent additions all count.
+# On a row another transaction changed meanwhile, PostgreSQL works the new totals out again from its new version once
+# that one commits (READ COMMITTED), so concurrent additions all count.
 _ADD_TO_ROTATIONS = CheckedWrite(
     rotations,
-    "UPDATE rotations SET last_rep_id = turn.last_rep_id, weights = ("
-    "SELECT coalesce(json_object_agg(total.rep_id, total.value ORDER BY total.rep_id), '{}'::json) FROM ("
-    "SELECT part.key AS rep_id, sum(part.value::integer) AS value FROM ("
-    "SELECT key, value FROM json_each_text(CASE WHEN json_typeof(rotations.weights) = 'object' "
-    "THEN rotations.weights ELSE '{}'::json END) "
-    "UNION ALL SELECT key, value FROM json_each_text(turn.changes::json)) AS part GROUP BY part.key) AS total) "
+    "UPDATE rotations SET last_rep_id = turn.last_rep_id, "
+    "weights = add_to_turns(rotations.weights, turn.changes::json) "
     "FROM unnest(CAST(:{p}pool AS varchar[]), CAST(:{p}changes AS text[]), CAST(:{p}last_rep_id AS varchar[])) "
     "AS turn(pool, changes, last_rep_id) WHERE rotations.pool = turn.pool",
 )
