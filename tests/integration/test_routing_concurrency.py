@@ -313,15 +313,21 @@ async def test_an_optimistic_run_whose_reads_changed_before_its_commit_fails_who
     assert all(open_leads <= CAPS[rep_id] for rep_id, (open_leads, _) in loads.items())
 
 
+async def _reps_on_warm_replicas(replicas: Replicas, reps: dict[str, dict[str, int]]) -> None:
+    """Reps (by id, with their profile's numbers), and a first run on each replica: it learns the policy, whose pools
+    the next runs read."""
+    for rep_id, numbers in reps.items():
+        await admin.save_rep(replicas[0], RepIn(name=rep_id, email=f"{rep_id}@example.com", **numbers), rep_id=rep_id)
+    for replica in replicas:
+        await _route_run(replica, [_scored(f"lead-warm-{id(replica)}")], optimistic=False)
+
+
 async def test_optimistic_runs_on_two_replicas_never_exceed_a_cap(database_url: str, schema: str) -> None:
     """Runs of five leads, each delivered to both replicas at once (as a rebalance can), routed optimistically and
     again with locks when that fails: one routing state per lead, and every cap exactly filled."""
     caps = {"rep-a": 4, "rep-b": 3, "rep-c": 3}
     async with _replicas(database_url, schema) as (first, second):
-        for rep_id, cap in caps.items():
-            await admin.save_rep(first, RepIn(name=rep_id, email=f"{rep_id}@example.com", max_open=cap), rep_id=rep_id)
-        for replica in (first, second):  # each learns the policy, as after its first run
-            await _route_run(replica, [_scored(f"lead-warm-{id(replica)}")], optimistic=False)
+        await _reps_on_warm_replicas((first, second), {rep_id: {"max_open": cap} for rep_id, cap in caps.items()})
         leads = [_scored(f"lead-{n:02}") for n in range(60)]
         runs = [leads[start : start + 5] for start in range(0, 60, 5)]
         await asyncio.gather(*(_route_run(replica, run) for run in runs for replica in (first, second)))
@@ -338,10 +344,7 @@ async def test_optimistic_runs_of_two_replicas_on_one_pool_both_commit_and_every
     is within a pick per run of its weight's."""
     weights = {"rep-a": 2, "rep-b": 1, "rep-c": 1}
     async with _replicas(database_url, schema) as (first, second):
-        for rep_id, weight in weights.items():
-            await admin.save_rep(first, RepIn(name=rep_id, email=f"{rep_id}@example.com", weight=weight), rep_id=rep_id)
-        for replica in (first, second):  # each learns the policy, as after its first run
-            await _route_run(replica, [_scored(f"lead-warm-{id(replica)}")], optimistic=False)
+        await _reps_on_warm_replicas((first, second), {rep_id: {"weight": w} for rep_id, w in weights.items()})
         async with first.read() as session:
             (before,) = (await session.execute(_TURNS_TAKEN)).scalars().all()
         async with first.transaction() as tx:  # reads, decides, keeps its writes
