@@ -758,8 +758,9 @@ async def read_run_leads(
 
 
 def _run_leads(dialect: str) -> CompoundSelect[tuple[str, str | None, str | None]]:
-    """What `read_run_leads` reads, the routing states' and pools' rows locked. On PostgreSQL each list is one array
-    parameter (`among`): one prepared statement, planned once, whatever the run's size."""
+    """What `read_run_leads` reads, the routing states' and pools' rows locked. Built for `dialect` as `among`
+    builds: "postgresql" takes each list as one array (one prepared statement whatever the run's size), any other as
+    an IN list (one per number of values)."""
     # The locking selects as CTEs: PostgreSQL takes FOR UPDATE there (not on a UNION), rows in key order.
     statuses = (
         select(assignments.c.lead_id, assignments.c.status).where(among(assignments.c.lead_id, "lead_ids", dialect))

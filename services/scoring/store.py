@@ -345,7 +345,8 @@ async def known_about(session: AsyncSession, *, lead_ids: Sequence[str]) -> Know
 
 def _known_statement(dialect: str) -> CompoundSelect[Any]:
     # Touches first: a union's columns take their types (UtcDateTime's conversion on SQLite) from its first select.
-    # On PostgreSQL the ids are one array (`among`): one prepared statement, planned once, whatever the run's size.
+    # Built for `dialect` as `among` builds: "postgresql" takes the ids as one array (one prepared statement whatever
+    # the run's size), any other as an IN list (one per number of ids).
     def for_leads(column: ColumnElement[str]) -> ColumnElement[bool]:
         return among(column, "lead_ids", dialect)
 
