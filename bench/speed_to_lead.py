@@ -70,8 +70,8 @@ SEARCH_STEPS = int(os.environ.get("BENCH_SEARCH_STEPS", "7"))
 RELAY_MESSAGES = int(os.environ.get("BENCH_RELAY_MESSAGES", "60000"))
 GRACE_SECONDS = _env_float("BENCH_GRACE_SECONDS", 20)
 DRAIN_SECONDS = _env_float("BENCH_DRAIN_SECONDS", 180)
-DRAIN_LEADS = int(os.environ.get("BENCH_DRAIN_LEADS", "3000"))
-DRAIN_ENQUEUE_RATE = _env_float("BENCH_DRAIN_ENQUEUE_RATE", 600)
+DRAIN_LEADS = int(os.environ.get("BENCH_DRAIN_LEADS", "5000"))
+DRAIN_ENQUEUE_RATE = _env_float("BENCH_DRAIN_ENQUEUE_RATE", 1000)
 REPS = [{"rep_id": f"rep-{n}", "name": f"Rep {n}", "email": f"rep{n}@example.com", "weight": 1 + n % 2}
         for n in range(1, 9)]  # fmt: skip
 CONSUMERS = ("scoring", "routing", "feedback")
@@ -221,6 +221,7 @@ async def scale_out_drains(pipeline: Pipeline, stack: Stack, monitor: Monitor) -
     service, partitions spread over its members)."""
     scaled = ("scoring", "routing")
     processes = [process for name in scaled if (process := stack[name].process) is not None]
+    await stable_groups(monitor, scaled, members=1)
     one = await pipeline.backlog_drain("drain-1x", leads=DRAIN_LEADS, enqueue_rate=DRAIN_ENQUEUE_RATE, paused=processes)
     replicas = [stack[name].replica(1) for name in scaled]
     for replica in replicas:
@@ -232,6 +233,9 @@ async def scale_out_drains(pipeline: Pipeline, stack: Stack, monitor: Monitor) -
             monitor.cpu.finders[replica.name] = functools.partial(
                 with_replica, monitor.cpu.finders[replica.name], replica.process.pid
             )
+        # A replica's first partitions come with a rebalance: wait for it, so that the drain measures two replicas
+        # routing, not the group pausing to hand partitions over.
+        await stable_groups(monitor, scaled, members=2)
         both = [*processes, *(replica.process for replica in replicas if replica.process is not None)]
         two = await pipeline.backlog_drain("drain-2x", leads=DRAIN_LEADS, enqueue_rate=DRAIN_ENQUEUE_RATE, paused=both)
     finally:
@@ -243,6 +247,13 @@ async def scale_out_drains(pipeline: Pipeline, stack: Stack, monitor: Monitor) -
         drain["duplicates"] = pipeline.ledger.duplicates(drain["name"])
     gain = two["leads_per_second"] / one["leads_per_second"] if one["leads_per_second"] else 0.0
     return {"one_replica": one, "two_replicas": two, "gain": round(gain, 2), "partitions": PARTITIONS}
+
+
+async def stable_groups(monitor: Monitor, services: tuple[str, ...], *, members: int) -> None:
+    """Wait until each service's consumer group is stable with `members` members holding partitions."""
+    if monitor.lag is not None:
+        waited = await monitor.lag.wait_stable({f"baton-{name}": members for name in services})
+        print(f"consumer groups of {', '.join(services)} stable with {members} member(s) each after {waited} s")
 
 
 async def bare_endpoint(monitor: Monitor, log_dir: Path) -> dict[str, Any]:

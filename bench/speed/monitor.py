@@ -175,6 +175,23 @@ class LagSampler:
             lags[group] = sum(max(0, ends[tp] - committed[tp].offset) for tp in partitions)
         return lags
 
+    async def members(self, group: str) -> int:
+        """How many members of `group` hold partitions, once the group is stable (0 while it rebalances)."""
+        (response,) = await self._admin.describe_consumer_groups([group])
+        ((_, _, state, _, _, members),) = response.groups
+        return sum(1 for member in members if member[4]) if state == "Stable" else 0
+
+    async def wait_stable(self, members: dict[str, int], timeout: float = 60.0) -> float:
+        """Wait until each group in `members` is stable with that many members holding partitions (a replica that
+        joined has its share), or `timeout` passed; returns the seconds waited."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            counts = {group: await self.members(group) for group in members}
+            if counts == members:
+                break
+            await asyncio.sleep(0.2)  # poll
+        return round(time.monotonic() - began, 1)
+
     async def stop(self) -> None:
         """Disconnect."""
         await self._consumer.stop()
