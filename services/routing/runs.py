@@ -46,20 +46,25 @@ async def route_scored_leads(tx: Transaction, run: Sequence[LeadScoredV1], *, no
     if optimistic and not _fits_optimism(leads, known, policy):
         optimistic = False
         known, leads, version, policy = await _read_run(tx, views, lock=True)
-    plan = await _plan(tx, leads, known=known, policy=policy, now=moment)
+    plan, turns_read = await _plan(tx, leads, known=known, policy=policy, now=moment)
     if optimistic:
         # Turns first, then capacity: the order the locking path takes their rows in.
-        await store.add_to_rotations(tx.session, _turn_changes(plan, read=known.rotations))
+        await store.add_to_rotations(tx.session, _turn_changes(plan, read=turns_read))
         await store.claim_capacities_checked(tx.session, [
             (rep, rep.local_day(moment), count) for rep, count in _claims(plan).values()
         ])  # fmt: skip
     else:
+        if store.adds_turns(tx.session):
+            # Row locks in the order every path takes them: the leads' (read), the pools' turns, the reps' loads. The
+            # turns are locked only now, once the run is decided: replicas routing the same pools wait for each
+            # other from here to the commit, not from their first read. (SQLite has one writer at a time.)
+            await store.lock_rotations(tx.session, pools=sorted({pool for pool, _, _ in _last_turns(plan)}))
         if not await _claim_capacity(tx, plan, now=moment):
             log.info("a rep's capacity changed concurrently; routing a run of %d lead by lead", len(run))
             for scored in run:
                 await route_scored_lead(tx, scored, now=moment)
             return
-        await _save_turns(tx, plan)
+        await _save_turns(tx, plan, read=turns_read)
     await _record_all(tx, plan, policy=policy, version=version, now=moment, subscribed=known.subscribed)
 
 
@@ -102,15 +107,17 @@ async def _plan(
     known: store.RunLeads,
     policy: RoutingPolicy,
     now: datetime,
-) -> RunPlan:
-    """Read what deciding the run's new leads needs (pools' turns locked first, as one by one), then decide."""
+) -> tuple[RunPlan, dict[str, dict[str, int]]]:
+    """Read what deciding the run's new leads needs, then decide: the plan, and the pools' turns it was decided on
+    (a pool without turns yet is created, locked, first)."""
     fresh = [lead for lead in leads if lead["lead_id"] not in known.statuses]
     pools = sorted({rule.pool for lead in fresh if (rule := policy.first_match(lead)) is not None})
     rotations = {pool: known.rotations[pool] for pool in pools if pool in known.rotations}
     rotations |= await store.lock_rotations(tx.session, pools=[pool for pool in pools if pool not in rotations])
     reps, loads = ([], {}) if not fresh else known.roster or await store.load_roster(tx.session)
-    return plan_run(leads, statuses=known.statuses, view=RoutingView(loads, rotations), policy=policy, reps=reps,
-                    owners=known.owners, now=now)  # fmt: skip
+    plan = plan_run(leads, statuses=known.statuses, view=RoutingView(loads, dict(rotations)), policy=policy,
+                    reps=reps, owners=known.owners, now=now)  # fmt: skip
+    return plan, rotations
 
 
 def _claims(plan: RunPlan) -> dict[str, tuple[Rep, int]]:
@@ -165,9 +172,14 @@ def _turn_changes(plan: RunPlan, *, read: Mapping[str, Mapping[str, int]]) -> li
     ]
 
 
-async def _save_turns(tx: Transaction, plan: RunPlan) -> None:
-    """Store each pool's round-robin totals after the run, with the rep its last turn went to."""
-    await store.save_rotations(tx.session, _last_turns(plan))
+async def _save_turns(tx: Transaction, plan: RunPlan, *, read: Mapping[str, Mapping[str, int]]) -> None:
+    """Store each pool's round-robin turns after the run, with the rep its last turn went to: on PostgreSQL what the
+    run's picks added to the totals `read` is added to them (another replica's turns taken since the read stay
+    counted), elsewhere the totals are written (SQLite has one writer at a time)."""
+    if store.adds_turns(tx.session):
+        await store.add_to_rotations(tx.session, _turn_changes(plan, read=read))
+    else:
+        await store.save_rotations(tx.session, _last_turns(plan))
 
 
 async def _record_all(

@@ -654,6 +654,11 @@ async def save_rotations(session: AsyncSession, turns: Sequence[tuple[str, dict[
     await update_rows(session, rotations, rows, key=("pool",))
 
 
+def adds_turns(session: AsyncSession) -> bool:
+    """Whether `add_to_rotations` works on the session's database (PostgreSQL: migration 7 made its function)."""
+    return _dialect(session) == POSTGRES
+
+
 async def add_to_rotations(session: AsyncSession, turns: Sequence[tuple[str, dict[str, int], str]]) -> None:
     """Add (pool, change of each rep's round-robin total, rep of the last pick) to the pools' stored totals, kept with
     the transaction's other writes as a checked write (shared.writes): a pool without a row fails the statement
@@ -700,9 +705,9 @@ async def insert_assignment(session: AsyncSession, **values: Any) -> None:
 class RunLeads:
     """What routing holds about a run's leads: which were erased, the routing status of those routed (their rows
     locked to the commit), the owners of their companies' accounts (by lower-cased domain), which routing policy is
-    active, the round-robin totals of the pools asked for (their rows locked to the commit; a pool without a row is
-    absent), whether any webhook subscription is active, and on PostgreSQL every rep with their load (`roster`, as
-    `load_roster` reads it; None: not read)."""
+    active, the round-robin totals of the pools asked for (read without their locks: a run adds its turns to them,
+    see `add_to_rotations`; a pool without a row is absent), whether any webhook subscription is active, and on
+    PostgreSQL every rep with their load (`roster`, as `load_roster` reads it; None: not read)."""
 
     erased: set[str]
     statuses: dict[str, str | None]
@@ -721,9 +726,10 @@ async def read_run_leads(
     pools: Iterable[str] = (),
     lock: bool = True,
 ) -> RunLeads:
-    """`RunLeads` in one round trip; the routing states' rows are locked in lead id order, then the pools' in pool
-    order, so two replicas locking overlapping leads or pools never wait on each other in a cycle. Without `lock`
-    (PostgreSQL only), a plain read: nothing is locked, and no transaction begins (shared.first_write)."""
+    """`RunLeads` in one round trip; the routing states' rows are locked in lead id order, so two replicas locking
+    overlapping leads never wait on each other in a cycle (the pools' turns are read, not locked: a run locks them
+    later, once decided, as it adds its turns). Without `lock` (PostgreSQL only), a plain read: nothing is locked,
+    and no transaction begins (shared.first_write)."""
     wanted = sorted({domain.lower() for domain in domains if domain})
     parameters = {"lead_ids": list(lead_ids), "domains": wanted, "pools": sorted(set(pools))}
     known = RunLeads(erased=set(), statuses={}, owners={}, subscribed=False)
@@ -758,15 +764,14 @@ async def read_run_leads(
 
 
 def _run_leads(dialect: str) -> CompoundSelect[tuple[str, str | None, str | None]]:
-    """What `read_run_leads` reads, the routing states' and pools' rows locked. Built for `dialect` as `among`
+    """What `read_run_leads` reads, the routing states' rows locked. Built for `dialect` as `among`
     builds: "postgresql" takes each list as one array (one prepared statement whatever the run's size), any other as
     an IN list (one per number of values)."""
-    # The locking selects as CTEs: PostgreSQL takes FOR UPDATE there (not on a UNION), rows in key order.
+    # The locking select as a CTE: PostgreSQL takes FOR UPDATE there (not on a UNION), rows in key order.
     statuses = (
         select(assignments.c.lead_id, assignments.c.status).where(among(assignments.c.lead_id, "lead_ids", dialect))
         .order_by(assignments.c.lead_id).with_for_update().cte("locked_statuses")
     )  # fmt: skip
-    turns = _LOCK_ROTATIONS[dialect].cte("locked_rotations")
     return union_all(
         select(literal_column("'erased'").label("fact"), _erased.c.lead_id.label("key"), null().label("value")).where(
             among(_erased.c.lead_id, "lead_ids", dialect)
@@ -776,7 +781,9 @@ def _run_leads(dialect: str) -> CompoundSelect[tuple[str, str | None, str | None
             among(accounts.c.domain, "domains", dialect)
         ),
         select(literal_column("'policy'"), cast(policies.c.version, String), null()).where(policies.c.active),
-        select(literal_column("'rotation'"), turns.c.pool, cast(turns.c.weights, String)),
+        select(literal_column("'rotation'"), rotations.c.pool, cast(rotations.c.weights, String)).where(
+            among(rotations.c.pool, "pools", dialect)
+        ),
         select(literal_column("'subscribed'"), null(), null()).where(exists().where(webhook_subscriptions.c.active)),
     )
 
@@ -799,11 +806,7 @@ def _peek_run_leads(dialect: str) -> CompoundSelect[tuple[str, str | None, str |
         select(literal_column("'status'"), assignments.c.lead_id, assignments.c.status).where(
             among(assignments.c.lead_id, "lead_ids", dialect)
         ),
-        *selects[2:4],
-        select(literal_column("'rotation'"), rotations.c.pool, cast(rotations.c.weights, String)).where(
-            among(rotations.c.pool, "pools", dialect)
-        ),
-        *selects[5:],
+        *selects[2:],
         _ROSTER_ROWS,
     )
 

@@ -165,12 +165,12 @@ async def test_an_sla_timer_fires_once_after_a_restart_with_two_replicas_racing(
         ("assigned", "rep-a"), ("sla_breached", "rep-a"), ("reassigned", "rep-b")]  # fmt: skip
 
 
-async def test_a_runs_one_read_finds_erased_leads_owners_and_locks_the_routed_ones(
+async def test_a_runs_one_read_finds_erased_leads_owners_and_locks_the_routed_ones_not_the_turns(
     database_url: str, schema: str
 ) -> None:
     """Erased leads, routing states, account owners, the active policy, the pools' turns and whether anyone
-    subscribed to webhooks come in one round trip; the states' and turns' rows stay locked to the commit, as a
-    replica routing the same lead or pool meanwhile must wait."""
+    subscribed to webhooks come in one round trip; the states' rows stay locked to the commit, as a replica routing
+    the same lead meanwhile must wait, but not the turns' (a run locks them once decided, and adds to them)."""
     now = datetime.now(UTC)
     async with _replicas(database_url, schema) as (first, second):
         await _route(first, _scored("lead-routed"))
@@ -192,10 +192,10 @@ async def test_a_runs_one_read_finds_erased_leads_owners_and_locks_the_routed_on
             assert set(known.rotations) == set(pools) and not known.subscribed
             async with second.transaction() as other:
                 await other.session.execute(text("SET LOCAL lock_timeout = '200ms'"))
-                with pytest.raises(DBAPIError, match="lock"):
-                    await other.session.execute(
-                        select(store.rotations.c.pool).where(store.rotations.c.pool == pools[0]).with_for_update()
-                    )
+                locked = await other.session.execute(
+                    select(store.rotations.c.pool).where(store.rotations.c.pool == pools[0]).with_for_update()
+                )
+                assert locked.scalars().all() == [pools[0]]
             async with second.transaction() as other:
                 await other.session.execute(text("SET LOCAL lock_timeout = '200ms'"))
                 with pytest.raises(DBAPIError, match="lock"):
@@ -373,6 +373,49 @@ async def test_optimistic_runs_of_two_replicas_on_one_pool_both_commit_and_every
                 replayed[other_rep] = replayed.get(other_rep, 0) + weight
             replayed[rep_id] -= sum(weights.values())
     assert after == replayed
+
+
+async def test_a_run_with_locks_decides_while_another_holds_the_turns_and_every_turn_counts(
+    database_url: str, schema: str
+) -> None:
+    """A run with locks (as after a failed optimistic one) reads and decides while another replica's run holds the
+    pool's turns: it waits only for their lock, taken once it has decided, and adds its turns to what that run left.
+    Every pick of both counts: the totals are their picks replayed."""
+    weights = {"rep-a": 2, "rep-b": 1, "rep-c": 1}
+    async with _replicas(database_url, schema) as (first, second):
+        await _reps_on_warm_replicas((first, second), {rep_id: {"weight": w} for rep_id, w in weights.items()})
+        async with first.read() as session:
+            (before,) = (await session.execute(_TURNS_TAKEN)).scalars().all()
+        async with second.transaction() as other:  # has taken turns, locked, and not committed yet
+            await route_scored_leads(other, [_scored(f"lead-2-{n}") for n in range(6)])
+            await send_writes(other.session)
+            routing = asyncio.create_task(
+                _route_run(first, [_scored(f"lead-1-{n}") for n in range(5)], optimistic=False)
+            )
+            await eventually(lambda: _waiting_on_a_lock(first), timeout=10, message="the run waits for the turns")
+            waiting = await _queries_waiting_on_a_lock(first)
+        await asyncio.wait_for(routing, 10)
+        async with first.read() as session:
+            (after,) = (await session.execute(_TURNS_TAKEN)).scalars().all()
+        held, _, _, _ = await _routing_outcome(first)
+    assert len(waiting) == 1 and "FROM rotations" in waiting[0] and "FOR UPDATE" in waiting[0], waiting
+    assert "UNION" not in waiting[0]  # not the run's first read: that went by
+    assigned = [(lead_id, rep_id) for lead_id, rep_id, status in held if status == "assigned" and "warm" not in lead_id]
+    assert len(assigned) == 11
+    replayed = dict(before)
+    for _, rep_id in assigned:
+        for other_rep, weight in weights.items():
+            replayed[other_rep] = replayed.get(other_rep, 0) + weight
+        replayed[rep_id] -= sum(weights.values())
+    assert after == replayed
+
+
+async def _queries_waiting_on_a_lock(uow: UnitOfWork) -> list[str]:
+    async with uow.read() as session:
+        waiting = await session.scalars(
+            text("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+        )
+        return list(waiting)
 
 
 # The totals of the pool whose turns were taken (not those of a pool no rule sent a lead to).
