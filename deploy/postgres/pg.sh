@@ -3,6 +3,7 @@
 # killed server, not a lost machine).
 # Usage: pg.sh start|stop|kill|status|createdb NAME
 #   env: PG_PORT (54329), PG_DATA_DIR (<repo>/var/pg-$PG_PORT, or /tmp/baton-pg-$PG_PORT if user postgres can't reach <repo>)
+#        PG_SERVER_OPTIONS: more server options for start (profiling: "-c shared_preload_libraries=pg_stat_statements")
 #   start: prints DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:$PG_PORT/postgres as its last stdout line.
 #   stop: PG_CLEAN=1 also deletes the data dir. kill: SIGKILL the postmaster and its children (fault tests).
 set -euo pipefail
@@ -94,7 +95,7 @@ EOF
     [[ -f $DATA/postmaster.pid ]] && remove_stale_locks # left by a killed server
     log "starting PostgreSQL on 127.0.0.1:$PG_PORT (data dir $DATA)"
     # -p on the command line too, in case PG_PORT differs from the one the cluster was created with
-    as_pg "$BIN/pg_ctl" -D "$DATA" -l "$DATA/postgres.log" -w -t 60 -o "-p $PG_PORT" start >/dev/null ||
+    as_pg "$BIN/pg_ctl" -D "$DATA" -l "$DATA/postgres.log" -w -t 60 -o "-p $PG_PORT ${PG_SERVER_OPTIONS:-}" start >/dev/null ||
       { tail -n 30 "$DATA/postgres.log" >&2; die "pg_ctl start failed"; }
   fi
   echo "DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:$PG_PORT/postgres"
