@@ -71,7 +71,7 @@ RELAY_MESSAGES = int(os.environ.get("BENCH_RELAY_MESSAGES", "60000"))
 GRACE_SECONDS = _env_float("BENCH_GRACE_SECONDS", 20)
 DRAIN_SECONDS = _env_float("BENCH_DRAIN_SECONDS", 180)
 DRAIN_LEADS = int(os.environ.get("BENCH_DRAIN_LEADS", "5000"))
-DRAIN_ENQUEUE_RATE = _env_float("BENCH_DRAIN_ENQUEUE_RATE", 1000)
+DRAIN_ENQUEUE_RATE = _env_float("BENCH_DRAIN_ENQUEUE_RATE", 800)
 REPS = [{"rep_id": f"rep-{n}", "name": f"Rep {n}", "email": f"rep{n}@example.com", "weight": 1 + n % 2}
         for n in range(1, 9)]  # fmt: skip
 CONSUMERS = ("scoring", "routing", "feedback")

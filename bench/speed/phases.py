@@ -4,6 +4,7 @@ and the maximum req/s of one HTTP endpoint."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import signal
@@ -74,10 +75,18 @@ class Pipeline:
         return summary
 
     async def backlog_drain(
-        self, name: str, *, leads: int, enqueue_rate: float, paused: list[subprocess.Popen[bytes]]
+        self,
+        name: str,
+        *,
+        leads: int,
+        enqueue_rate: float,
+        paused: list[subprocess.Popen[bytes]],
+        first_group: str = "baton-scoring",
     ) -> dict[str, Any]:
-        """Post `leads` while the `paused` consumers are stopped, resume them, and time how fast the pipeline
-        routes the backlog: consumer throughput, whatever the HTTP side can do."""
+        """Post `leads` while the `paused` consumers are stopped, wait until all of them are on Kafka (the lag of
+        `first_group`, the first consumer, holds them: intake's relay may still be publishing after the last 202),
+        resume the consumers, and time how fast the pipeline routes the backlog: consumer throughput, whatever the
+        HTTP side can do."""
         self.monitor.phase = name
         quiet_collector()
         for process in paused:
@@ -87,6 +96,7 @@ class Pipeline:
                 rate=enqueue_rate, seconds=leads / enqueue_rate, body=self._body,
                 on_accept=lambda lead_id, at: self.ledger.acknowledge(lead_id, name, at),
             )  # fmt: skip
+            await self._wait_enqueued(first_group, stats.accepted)
         finally:
             resumed = time.monotonic()
             for process in paused:
@@ -102,6 +112,17 @@ class Pipeline:
                 "duplicates": self.ledger.duplicates(name), "seconds": round(last - resumed, 2),
                 "leads_per_second": round(rate, 1), "drain_seconds": drained,
                 "cpu": self.monitor.cpu_by_phase(f"{name}-routing")}  # fmt: skip
+
+    async def _wait_enqueued(self, group: str, records: int, timeout: float = 30.0) -> None:
+        # Until `group` lags by `records` (all posted leads published), or `timeout`.
+        if self.monitor.lag is None:
+            return
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            with contextlib.suppress(Exception):  # a slow admin call: try again
+                if (await self.monitor.lag.sample()).get(group, 0) >= records:
+                    return
+            await asyncio.sleep(0.1)  # poll
 
     async def _drain(self, name: str) -> float:
         # Wait for the phase's leads to be routed; give up after `grace_seconds` without progress.
