@@ -86,6 +86,7 @@ class EventConsumer:
         commit_interval_seconds: float = 0.2,
         max_failed_commits: int = 3,
         optimism_pause_seconds: float = 5.0,
+        replace_seconds: float = 2.0,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._security = security
@@ -96,6 +97,7 @@ class EventConsumer:
         self._dead_letters = dead_letters
         self._max_attempts = max_attempts
         self._timeout = timeout_seconds
+        self._replace_seconds = replace_seconds
         self._max_backoff = max_backoff_seconds
         self._backoff = 0.1
         self._failpoints = failpoints or Failpoints()
@@ -128,19 +130,36 @@ class EventConsumer:
             consumer = self._new_consumer()
             # A fresh client: its partitions may differ; what it applies, it commits.
             self._failed_commits, self._uncommitted = 0, {}
+            replaced = False
             try:
                 await asyncio.wait_for(consumer.start(), self._timeout)
                 await self._consume(consumer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                replaced = True
                 log.warning("consumer %s restarting after %r", self._group_id, exc)
                 reason = "commits_failing" if isinstance(exc, CommitsFailing) else "stalled"
                 count_consumer_restart(reason if isinstance(exc, Stalled) else "error")
             finally:
-                await self._settle_commit()
-                await _stop(consumer, self._timeout)
+                if replaced:
+                    await self._let_go(consumer)
+                else:
+                    await self._settle_commit()
+                    await _stop(consumer, self._timeout)
             await self._pause()
+
+    async def _let_go(self, consumer: AIOKafkaConsumer) -> None:
+        """A client replaced because it failed gets `replace_seconds` to commit what it applied and to leave its
+        group, not the broker timeout each: after a broker restart, before its group coordinator is back, both
+        waited their full timeout, and the consumer applied nothing for 20 s. What it could not commit is delivered
+        again to its successor, whose inbox absorbs it."""
+        try:
+            await asyncio.wait_for(self._settle_commit(), self._replace_seconds)
+        except TimeoutError:
+            log.warning("consumer %s replaced before its last commit; its successor gets those events again",
+                        self._group_id)  # fmt: skip
+        await _stop(consumer, self._replace_seconds)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaConnectionError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,6 +21,7 @@ from shared.envelope import CloudEvent
 from shared.events import LeadRoutedV1, LeadScoredV1, parse_payload
 from shared.topics import LEADS_SCORED
 from shared.uow import Transaction, UnitOfWork
+from tests.support.polling import eventually
 from tests.unit.fakes import FakePublisher, header, messaging_schema
 
 METADATA, MIGRATIONS = messaging_schema()
@@ -373,3 +374,68 @@ def test_runs_break_at_a_change_of_type_and_around_unbatched_handlers() -> None:
     work = [(None, CloudEvent(type=kind, source="s", subject=str(n), data={}), batched if kind == "a" else single)
             for n, kind in enumerate(kinds)]  # fmt: skip
     assert [[event.subject for _, event, _ in run] for run in _runs(work)] == [["0", "1"], ["2"], ["3"], ["4"]]
+
+
+class BrokerGoneKafka:
+    """A client whose broker went away after one fetch (`records`): its next fetch fails, and its commits and its
+    stop hang, as they did while a restarted broker had no group coordinator yet. Without `records`, a healthy
+    client with nothing to fetch."""
+
+    def __init__(self, records: list[Any]) -> None:
+        self.records = records
+        self.gone = bool(records)
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        if self.records:
+            batch, self.records = self.records, []
+            return {PARTITION: batch}
+        if self.gone:
+            raise KafkaConnectionError("the broker went away")
+        await asyncio.sleep(0.01)  # poll: a fetch that found nothing
+        return {}
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        await self._hang_if_gone()
+
+    async def stop(self) -> None:
+        await self._hang_if_gone()
+
+    async def _hang_if_gone(self) -> None:
+        if self.gone:
+            await asyncio.Event().wait()
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return None
+
+    async def position(self, partition: TopicPartition) -> int:
+        return 0
+
+
+async def test_a_client_replaced_after_a_failure_gets_a_short_while_to_commit_and_leave_not_the_broker_timeout(
+    harness: Harness,
+) -> None:
+    consumer = harness.consumer
+    consumer._timeout = 30.0  # each hung call would have waited this long
+    consumer._replace_seconds = 0.1
+    clients: list[BrokerGoneKafka] = []
+
+    def new_client() -> Any:
+        clients.append(BrokerGoneKafka([_scored_record(5, "lead-1")] if not clients else []))
+        return clients[-1]
+
+    consumer._new_consumer = new_client  # type: ignore[method-assign]
+    running = asyncio.create_task(consumer.run())
+    try:
+
+        async def replaced() -> bool:
+            return len(clients) == 2 and clients[1].started
+
+        await eventually(replaced, timeout=5, message="a new client replaces the failed one")
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(running, 5)
+    assert harness.effect.applied == ["lead-1"]  # applied once; its redelivery would be a no-op (inbox)
