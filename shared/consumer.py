@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -87,6 +88,7 @@ class EventConsumer:
         max_failed_commits: int = 3,
         optimism_pause_seconds: float = 5.0,
         replace_seconds: float = 2.0,
+        broker_answers: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
         self._security = security
@@ -98,6 +100,11 @@ class EventConsumer:
         self._max_attempts = max_attempts
         self._timeout = timeout_seconds
         self._replace_seconds = replace_seconds
+        self._broker_answers = broker_answers or functools.partial(
+            broker_reachable, bootstrap_servers, security=security
+        )
+        self._broker_checked_at = -1.0
+        self._broker_answered = False
         self._max_backoff = max_backoff_seconds
         self._backoff = 0.1
         self._failpoints = failpoints or Failpoints()
@@ -149,6 +156,17 @@ class EventConsumer:
                     await _stop(consumer, self._timeout)
             await self._pause()
 
+    async def _broker_back(self) -> bool:
+        """Whether the broker answers (asked at most once a second). Commits failing while it does not are the
+        outage's: a new client would fail the same, and replacing one during a long outage only ended its group
+        membership, so that its successor waited for the old member's session to expire once the broker was back
+        (catch-up 7 to 12 s instead of 2). While it answers, they are the client's."""
+        now = time.monotonic()
+        if now - self._broker_checked_at >= 1.0:
+            self._broker_checked_at = now
+            self._broker_answered = await self._broker_answers()
+        return self._broker_answered
+
     async def _let_go(self, consumer: AIOKafkaConsumer) -> None:
         """A client replaced because it failed gets `replace_seconds` to commit what it applied and to leave its
         group, not the broker timeout each: after a broker restart, before its group coordinator is back, both
@@ -183,7 +201,7 @@ class EventConsumer:
         batched = not self._failpoints.armed("consumer.before_effect")
         watch = StallWatch(self._stall_seconds)
         while not self._stopping:
-            if self._failed_commits >= self._max_failed_commits:
+            if self._failed_commits >= self._max_failed_commits and await self._broker_back():
                 raise CommitsFailing(f"{self._failed_commits} offset commits failed in a row")
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             now = time.monotonic()
@@ -202,7 +220,7 @@ class EventConsumer:
             backlog = await group_backlog(consumer, self._topics, self._timeout)
         except (KafkaError, TimeoutError) as exc:
             log.info("consumer %s could not measure its backlog: %r", self._group_id, exc)
-            reachable = await broker_reachable(self._bootstrap_servers, security=self._security)
+            reachable = await self._broker_answers()
             stuck = watch.judge(now, None, reachable)
         else:
             stuck = watch.judge(now, backlog, True)

@@ -439,3 +439,53 @@ async def test_a_client_replaced_after_a_failure_gets_a_short_while_to_commit_an
         consumer.stop()
         await asyncio.wait_for(running, 5)
     assert harness.effect.applied == ["lead-1"]  # applied once; its redelivery would be a no-op (inbox)
+
+
+class CommitsFailingKafka(BrokerGoneKafka):
+    """A client that fetches one record, then nothing, and whose every commit fails."""
+
+    def __init__(self, records: list[Any]) -> None:
+        super().__init__(records)
+        self.gone = False
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        raise KafkaConnectionError("no group coordinator")
+
+
+async def test_a_client_whose_commits_fail_is_kept_while_the_broker_is_down_and_replaced_once_it_answers(
+    harness: Harness,
+) -> None:
+    consumer = harness.consumer
+    consumer._commit_interval = 0.01
+    consumer._replace_seconds = 0.1
+    broker = {"answers": False, "asked": 0}
+
+    async def broker_answers() -> bool:
+        broker["asked"] += 1
+        return bool(broker["answers"])
+
+    consumer._broker_answers = broker_answers
+    clients: list[CommitsFailingKafka] = []
+
+    def new_client() -> Any:
+        clients.append(CommitsFailingKafka([_scored_record(5, "lead-1")] if not clients else []))
+        return clients[-1]
+
+    consumer._new_consumer = new_client  # type: ignore[method-assign]
+    running = asyncio.create_task(consumer.run())
+    try:
+
+        async def failing_while_down() -> bool:
+            return consumer._failed_commits > 3 and broker["asked"] >= 2
+
+        await eventually(failing_while_down, timeout=5, message="commits fail while the broker is down")
+        assert len(clients) == 1  # a new client would fail the same: this one keeps its partitions
+        broker["answers"] = True
+
+        async def replaced() -> bool:
+            return len(clients) == 2 and clients[1].started
+
+        await eventually(replaced, timeout=5, message="the client is replaced once the broker answers")
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(running, 5)
