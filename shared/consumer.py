@@ -156,6 +156,13 @@ class EventConsumer:
                     await _stop(consumer, self._timeout)
             await self._pause()
 
+    async def _commits_failing(self) -> bool:
+        """Whether the client's offset commits failed `max_failed_commits` times in a row while the broker answers
+        (and none succeeded while it was asked)."""
+        if self._failed_commits < self._max_failed_commits:
+            return False
+        return await self._broker_back() and self._failed_commits >= self._max_failed_commits
+
     async def _broker_back(self) -> bool:
         """Whether the broker answers (asked at most once a second). Commits failing while it does not are the
         outage's: a new client would fail the same, and replacing one during a long outage only ended its group
@@ -201,7 +208,7 @@ class EventConsumer:
         batched = not self._failpoints.armed("consumer.before_effect")
         watch = StallWatch(self._stall_seconds)
         while not self._stopping:
-            if self._failed_commits >= self._max_failed_commits and await self._broker_back():
+            if await self._commits_failing():
                 raise CommitsFailing(f"{self._failed_commits} offset commits failed in a row")
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             now = time.monotonic()
