@@ -157,17 +157,21 @@ class EventConsumer:
             await self._pause()
 
     async def _commits_failing(self) -> bool:
-        """Whether the client's offset commits failed `max_failed_commits` times in a row while the broker answers
-        (and none succeeded while it was asked)."""
+        """Whether the client's offset commits failed `max_failed_commits` times in a row, the last while the broker
+        answered. Those failing while it does not are the outage's: they count, but one more, once it is back,
+        decides (a client whose next commit lands recovered by itself, and keeps its partitions)."""
         if self._failed_commits < self._max_failed_commits:
             return False
-        return await self._broker_back() and self._failed_commits >= self._max_failed_commits
+        if not await self._broker_back():
+            self._failed_commits = self._max_failed_commits - 1
+            return False
+        return self._failed_commits >= self._max_failed_commits  # none landed while the broker was asked
 
     async def _broker_back(self) -> bool:
         """Whether the broker answers (asked at most once a second). Commits failing while it does not are the
-        outage's: a new client would fail the same, and replacing one during a long outage only ended its group
-        membership, so that its successor waited for the old member's session to expire once the broker was back
-        (catch-up 7 to 12 s instead of 2). While it answers, they are the client's."""
+        outage's: a new client would fail the same, and replacing one during a long outage, or as soon as the broker
+        was back, only ended its group membership, so that its successor waited for the old member's session to
+        expire (catch-up 7 to 12 s instead of 2)."""
         now = time.monotonic()
         if now - self._broker_checked_at >= 1.0:
             self._broker_checked_at = now
