@@ -104,7 +104,7 @@ class EventConsumer:
             broker_reachable, bootstrap_servers, security=security
         )
         self._broker_checked_at = -1.0
-        self._broker_answered = False
+        self._broker_answering_since: float | None = None
         self._max_backoff = max_backoff_seconds
         self._backoff = 0.1
         self._failpoints = failpoints or Failpoints()
@@ -157,26 +157,32 @@ class EventConsumer:
             await self._pause()
 
     async def _commits_failing(self) -> bool:
-        """Whether the client's offset commits failed `max_failed_commits` times in a row, the last while the broker
-        answered. Those failing while it does not are the outage's: they count, but one more, once it is back,
-        decides (a client whose next commit lands recovered by itself, and keeps its partitions)."""
+        """Whether the client's offset commits keep failing for its own reasons: `max_failed_commits` in a row, and
+        the broker has answered for longer than a commit may take (`timeout_seconds`) without one landing.
+
+        Commits failing while the broker does not answer are the outage's: a new client would fail the same. And
+        one begun during the outage fails just after it ends, while the client itself recovers: replacing clients
+        then, or during the outage, only ended their group membership, so that their successors waited for the old
+        members' sessions to expire (catch-up 7 to 12 s instead of 2)."""
         if self._failed_commits < self._max_failed_commits:
             return False
-        if not await self._broker_back():
-            self._failed_commits = self._max_failed_commits - 1
-            return False
-        return self._failed_commits >= self._max_failed_commits  # none landed while the broker was asked
+        answering_for = await self._broker_answering_for()
+        return (
+            answering_for is not None
+            and answering_for > self._timeout
+            and self._failed_commits >= self._max_failed_commits
+        )
 
-    async def _broker_back(self) -> bool:
-        """Whether the broker answers (asked at most once a second). Commits failing while it does not are the
-        outage's: a new client would fail the same, and replacing one during a long outage, or as soon as the broker
-        was back, only ended its group membership, so that its successor waited for the old member's session to
-        expire (catch-up 7 to 12 s instead of 2)."""
+    async def _broker_answering_for(self) -> float | None:
+        """For how long the broker has answered (None: it does not), asked at most once a second."""
         now = time.monotonic()
         if now - self._broker_checked_at >= 1.0:
             self._broker_checked_at = now
-            self._broker_answered = await self._broker_answers()
-        return self._broker_answered
+            if not await self._broker_answers():
+                self._broker_answering_since = None
+            elif self._broker_answering_since is None:
+                self._broker_answering_since = now
+        return None if self._broker_answering_since is None else now - self._broker_answering_since
 
     async def _let_go(self, consumer: AIOKafkaConsumer) -> None:
         """A client replaced because it failed gets `replace_seconds` to commit what it applied and to leave its

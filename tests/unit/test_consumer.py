@@ -452,12 +452,13 @@ class CommitsFailingKafka(BrokerGoneKafka):
         raise KafkaConnectionError("no group coordinator")
 
 
-async def test_a_client_whose_commits_fail_is_kept_while_the_broker_is_down_and_replaced_once_it_answers(
+async def test_a_client_whose_commits_fail_is_kept_while_the_broker_is_down_and_replaced_once_it_has_answered_a_while(
     harness: Harness,
 ) -> None:
     consumer = harness.consumer
     consumer._commit_interval = 0.01
     consumer._replace_seconds = 0.1
+    consumer._timeout = 0.5  # how long a commit may take: the broker must answer longer than that
     broker = {"answers": False, "asked": 0}
 
     async def broker_answers() -> bool:
