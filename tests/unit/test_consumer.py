@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -415,26 +415,35 @@ class BrokerGoneKafka:
         return 0
 
 
+def _fake_clients(consumer: EventConsumer, kind: type[BrokerGoneKafka]) -> list[BrokerGoneKafka]:
+    """Have `consumer` make its Kafka clients of `kind`: the first fetches one record, the next ones none."""
+    clients: list[BrokerGoneKafka] = []
+
+    def new_client() -> Any:
+        clients.append(kind([_scored_record(5, "lead-1")] if not clients else []))
+        return clients[-1]
+
+    consumer._new_consumer = new_client  # type: ignore[method-assign]
+    return clients
+
+
+def _replaced(clients: list[BrokerGoneKafka]) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:  # a second client made and started
+        return len(clients) == 2 and clients[1].started
+
+    return probe
+
+
 async def test_a_client_replaced_after_a_failure_gets_a_short_while_to_commit_and_leave_not_the_broker_timeout(
     harness: Harness,
 ) -> None:
     consumer = harness.consumer
     consumer._timeout = 30.0  # each hung call would have waited this long
     consumer._replace_seconds = 0.1
-    clients: list[BrokerGoneKafka] = []
-
-    def new_client() -> Any:
-        clients.append(BrokerGoneKafka([_scored_record(5, "lead-1")] if not clients else []))
-        return clients[-1]
-
-    consumer._new_consumer = new_client  # type: ignore[method-assign]
+    clients = _fake_clients(consumer, BrokerGoneKafka)
     running = asyncio.create_task(consumer.run())
     try:
-
-        async def replaced() -> bool:
-            return len(clients) == 2 and clients[1].started
-
-        await eventually(replaced, timeout=5, message="a new client replaces the failed one")
+        await eventually(_replaced(clients), timeout=5, message="a new client replaces the failed one")
     finally:
         consumer.stop()
         await asyncio.wait_for(running, 5)
@@ -466,13 +475,7 @@ async def test_a_client_whose_commits_fail_is_kept_while_the_broker_is_down_and_
         return bool(broker["answers"])
 
     consumer._broker_answers = broker_answers
-    clients: list[CommitsFailingKafka] = []
-
-    def new_client() -> Any:
-        clients.append(CommitsFailingKafka([_scored_record(5, "lead-1")] if not clients else []))
-        return clients[-1]
-
-    consumer._new_consumer = new_client  # type: ignore[method-assign]
+    clients = _fake_clients(consumer, CommitsFailingKafka)
     running = asyncio.create_task(consumer.run())
     try:
 
@@ -482,11 +485,7 @@ async def test_a_client_whose_commits_fail_is_kept_while_the_broker_is_down_and_
         await eventually(failing_while_down, timeout=5, message="commits fail while the broker is down")
         assert len(clients) == 1  # a new client would fail the same: this one keeps its partitions
         broker["answers"] = True
-
-        async def replaced() -> bool:
-            return len(clients) == 2 and clients[1].started
-
-        await eventually(replaced, timeout=5, message="the client is replaced once the broker answers")
+        await eventually(_replaced(clients), timeout=5, message="the client is replaced once the broker answers")
     finally:
         consumer.stop()
         await asyncio.wait_for(running, 5)
