@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal, TypeVar
 
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +22,8 @@ from shared.privacy import ERASED, forget_sent_events, mark_erased
 from shared.problems import ProblemError
 from shared.topics import LEADS_OUTCOMES
 from shared.uow import Transaction, UnitOfWork
+
+log = logging.getLogger(__name__)
 
 OutcomeStatus = Literal["recorded", "duplicate", "pending"]
 
@@ -100,6 +105,42 @@ async def write_run(tx: Transaction, run: CardRun) -> None:
     await store.add_changes_to_cells(tx.session, run.cell_changes())
     held = [outcome.model_dump(mode="json") for outcome in run.held]
     await store.hold_outcomes(tx.session, events=held, at=utc_now())
+
+
+async def apply_outcomes_held_for_known_leads(uow: UnitOfWork, *, held_for: timedelta, limit: int = 100) -> int:
+    """Apply the outcomes held longer than `held_for` for leads that now have a card, as the leads' captures would
+    have (the lifecycle decides; one it refuses stays on the journey as rejected); the number of leads they were
+    applied to.
+
+    With one replica, a capture always sees what was held before it. With several, one replica can hold an outcome
+    (no card yet) while another applies the lead's capture and commits the card without seeing the hold: the outcome
+    would wait for good. The card's lock orders this against the consumer's batches, which take held outcomes under
+    it too."""
+    async with uow.read() as session:
+        lead_ids = await store.known_leads_with_held_outcomes(session, held_before=utc_now() - held_for, limit=limit)
+    if not lead_ids:
+        return 0
+    async with uow.transaction() as tx:
+        run = await open_run(tx, lead_ids)
+        known = [lead_id for lead_id in lead_ids if run.card(lead_id) is not None]  # cards are never deleted
+        await open_run(tx, known, with_pending=True)
+        for lead_id in known:
+            run.apply_pending(lead_id)
+    return len(known)
+
+
+async def keep_applying_held_outcomes(
+    uow: UnitOfWork, *, every_seconds: float = 5.0, held_for: timedelta = timedelta(seconds=10)
+) -> None:
+    """Every `every_seconds`, apply the outcomes left held for leads known by then (see
+    apply_outcomes_held_for_known_leads), forever."""
+    while True:
+        try:
+            while await apply_outcomes_held_for_known_leads(uow, held_for=held_for) > 0:
+                pass
+        except Exception as exc:  # an outage, or a deadlock with a consumed batch: try again next period
+            log.warning("could not apply outcomes held for known leads: %r", exc)
+        await asyncio.sleep(every_seconds)
 
 
 async def record_outcome(uow: UnitOfWork, outcome: OutcomeRecordedV1) -> tuple[str, OutcomeStatus]:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     delete,
+    func,
     select,
     text,
     update,
@@ -329,6 +330,24 @@ def _pending_for(dialect: str) -> Any:
 @functools.cache
 def _release_pending(dialect: str) -> Any:
     return delete(pending_outcomes).where(among(pending_outcomes.c.lead_id, "lead_ids", dialect))
+
+
+async def known_leads_with_held_outcomes(session: AsyncSession, *, held_before: datetime, limit: int) -> list[str]:
+    """Leads that have a card and outcomes held since before `held_before` (at most `limit`, oldest hold first).
+
+    A lead's capture takes its held outcomes when it makes the card, so normally none are left. Two replicas can
+    leave some: one holds an outcome for a lead it has no card for while the other, not seeing that hold yet, makes
+    the card."""
+    held_since = func.min(pending_outcomes.c.received_at)
+    query = (
+        select(pending_outcomes.c.lead_id)
+        .join(lead_cards, lead_cards.c.lead_id == pending_outcomes.c.lead_id)
+        .where(pending_outcomes.c.received_at < held_before)
+        .group_by(pending_outcomes.c.lead_id)
+        .order_by(held_since, pending_outcomes.c.lead_id)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).scalars())
 
 
 async def add_step(session: AsyncSession, *, event_id: str, step: JourneyStep) -> None:

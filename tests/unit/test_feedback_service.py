@@ -10,9 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feedback import store
 from services.feedback.handlers import HANDLERS
-from services.feedback.service import record_outcome
+from services.feedback.service import apply_outcomes_held_for_known_leads, record_outcome
 from shared.envelope import CloudEvent
-from shared.events import EventPayload, LeadCapturedV1, LeadRoutedV1, OutcomeRecordedV1, parse_payload
+from shared.events import (
+    EventPayload,
+    LeadCapturedV1,
+    LeadRoutedV1,
+    LeadScoredV1,
+    OutcomeRecordedV1,
+    parse_payload,
+)
 from shared.problems import ProblemError
 from shared.topics import LEADS_OUTCOMES
 from shared.uow import UnitOfWork
@@ -116,6 +123,32 @@ async def test_an_outcome_recorded_while_its_leads_capture_is_applied_is_applied
     await _captured(uow)  # committed after the API looked for the card
     [echo] = await outbox_events(uow, store.metadata)
     await _consume(uow, echo)
+    assert await _steps(uow) == ["captured", "outcome:won"]
+
+
+async def test_an_outcome_held_a_while_for_a_lead_known_since_is_applied_by_the_recheck(uow: UnitOfWork) -> None:
+    """A lead scored before its capture came has a card but took nothing held: the recheck applies the outcome once
+    it has been held a while, and only once."""
+    [echo] = [_event(_won("o-1"))]
+    await _consume(uow, echo)  # no card yet: held
+    scored = LeadScoredV1(lead_id="lead-1", score=70, verdict="qualified", model_version="1", contributions=(),
+                          scored_at=T0 + timedelta(minutes=1), grade="A1")  # fmt: skip
+    await _consume(uow, _event(scored))
+    assert await _steps(uow) == ["scored"]
+    assert await apply_outcomes_held_for_known_leads(uow, held_for=timedelta(minutes=1)) == 0  # held only just now
+    assert await apply_outcomes_held_for_known_leads(uow, held_for=timedelta(0)) == 1
+    assert await apply_outcomes_held_for_known_leads(uow, held_for=timedelta(0)) == 0
+    assert await _steps(uow) == ["outcome:won", "scored"]  # by instant: the win happened first
+    async with uow.read() as session:
+        card = await store.load_card(session, lead_id="lead-1")
+        assert await store.take_pending_outcomes(session, lead_ids=["lead-1"]) == {}
+    assert card is not None and (card.state, card.won_amount, card.score) == ("won", Decimal("1200.50"), 70)
+
+
+async def test_an_outcome_held_for_a_lead_still_unknown_stays_held_through_the_recheck(uow: UnitOfWork) -> None:
+    await _consume(uow, _event(_won("o-1")))
+    assert await apply_outcomes_held_for_known_leads(uow, held_for=timedelta(0)) == 0
+    await _captured(uow)
     assert await _steps(uow) == ["captured", "outcome:won"]
 
 
