@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -226,6 +226,19 @@ async def keep_running(
             log.error("%s ended while the service runs; starting it again in %.1fs", name, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay)
+
+
+async def sweep_every(sweep: Callable[[], Awaitable[int]], *, every_seconds: float, what: str) -> None:
+    """Run `sweep` (it answers how much it handled) again at once while it finds work, then once every
+    `every_seconds`, forever; a failure (an outage, a deadlock with a consumed batch) is logged and tried again the
+    next period."""
+    while True:
+        try:
+            while await sweep() > 0:
+                pass
+        except Exception as exc:
+            log.warning("could not %s: %r", what, exc)
+        await asyncio.sleep(every_seconds)
 
 
 @contextlib.asynccontextmanager

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,10 +18,9 @@ from shared.envelope import utc_now
 from shared.events import LeadCapturedV1, LeadErasedV1, OutcomeRecordedV1
 from shared.privacy import ERASED, forget_sent_events, mark_erased
 from shared.problems import ProblemError
+from shared.runtime import sweep_every
 from shared.topics import LEADS_OUTCOMES
 from shared.uow import Transaction, UnitOfWork
-
-log = logging.getLogger(__name__)
 
 OutcomeStatus = Literal["recorded", "duplicate", "pending"]
 
@@ -134,13 +131,8 @@ async def keep_applying_held_outcomes(
 ) -> None:
     """Every `every_seconds`, apply the outcomes left held for leads known by then (see
     apply_outcomes_held_for_known_leads), forever."""
-    while True:
-        try:
-            while await apply_outcomes_held_for_known_leads(uow, held_for=held_for) > 0:
-                pass
-        except Exception as exc:  # an outage, or a deadlock with a consumed batch: try again next period
-            log.warning("could not apply outcomes held for known leads: %r", exc)
-        await asyncio.sleep(every_seconds)
+    await sweep_every(functools.partial(apply_outcomes_held_for_known_leads, uow, held_for=held_for),
+                      every_seconds=every_seconds, what="apply outcomes held for known leads")  # fmt: skip
 
 
 async def record_outcome(uow: UnitOfWork, outcome: OutcomeRecordedV1) -> tuple[str, OutcomeStatus]:

@@ -22,6 +22,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrations=store.MIGRATIONS,
         consumes=handlers.CONSUMES,
         handlers=handlers.HANDLERS,
-        background=[service.work_rescore_jobs, watch_cooling],
+        background=[service.work_rescore_jobs, watch_cooling, service.keep_learning_from_held_outcomes],
     )
     return build_app(runtime, title="Baton scoring", routers=[api.router])

@@ -4,6 +4,7 @@ and its `leads.scored` event in one transaction."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 import weakref
@@ -25,6 +26,7 @@ from shared.events import (
 )
 from shared.events import ScoreContribution as Contribution
 from shared.privacy import forget_sent_events, mark_erased, strip_personal
+from shared.runtime import sweep_every
 from shared.uow import Transaction, UnitOfWork
 
 STARTER_VERSION = "starter"
@@ -131,6 +133,23 @@ async def on_outcome(tx: Transaction, outcome: OutcomeRecordedV1) -> None:
         )
         return
     await _learn_from(tx, outcome.lead_id, outcome.kind, outcome.occurred_at)
+
+
+async def learn_from_outcomes_held_for_known_leads(uow: UnitOfWork, *, limit: int = 100) -> int:
+    """Learn from the outcomes held for leads whose facts are stored by now, as their captures would have; how
+    many. With several replicas, one can hold an outcome while another stores the lead's facts without seeing the
+    hold: the outcome would wait for good."""
+    async with uow.transaction() as tx:
+        held = await store.take_outcomes_held_for_known_leads(tx.session, limit=limit)
+        for lead_id, kind, occurred_at in held:
+            await _learn_from(tx, lead_id, kind, occurred_at)
+    return len(held)
+
+
+async def keep_learning_from_held_outcomes(uow: UnitOfWork, *, every_seconds: float = 5.0) -> None:
+    """Every `every_seconds`, learn from the outcomes left held for leads known by then, forever."""
+    await sweep_every(functools.partial(learn_from_outcomes_held_for_known_leads, uow),
+                      every_seconds=every_seconds, what="learn from outcomes held for known leads")  # fmt: skip
 
 
 async def _learn_from(tx: Transaction, lead_id: str, kind: str, occurred_at: datetime) -> None:

@@ -476,6 +476,29 @@ async def hold_outcome(session: AsyncSession, *, lead_id: str, kind: str, occurr
     await session.execute(pending_outcomes.insert().values(lead_id=lead_id, kind=kind, occurred_at=occurred_at))
 
 
+async def take_outcomes_held_for_known_leads(session: AsyncSession, *, limit: int) -> list[tuple[str, str, datetime]]:
+    """Outcomes held for leads whose facts are stored by now (lead id, kind, when), oldest first, at most `limit`:
+    locked (those another transaction locked are skipped) and removed, for this transaction to learn from.
+
+    A lead's capture takes the outcomes held for it when it stores its facts, so normally none are left. Two
+    replicas can leave some: one holds an outcome for a lead it has no facts for while the other, not seeing that
+    hold yet, stores the lead's facts."""
+    known = select(lead_facts.c.lead_id).where(lead_facts.c.lead_id == pending_outcomes.c.lead_id).exists()
+    query = (
+        select(
+            pending_outcomes.c.id, pending_outcomes.c.lead_id, pending_outcomes.c.kind, pending_outcomes.c.occurred_at
+        )
+        .where(known)
+        .order_by(pending_outcomes.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = (await session.execute(query)).all()
+    if rows:
+        await session.execute(delete(pending_outcomes).where(pending_outcomes.c.id.in_([row.id for row in rows])))
+    return [(row.lead_id, row.kind, row.occurred_at) for row in rows]
+
+
 # --- re-score jobs -----------------------------------------------------------------------------------------------
 
 

@@ -184,6 +184,18 @@ async def test_an_outcome_before_its_lead_is_held_and_learned_when_the_lead_arri
     assert (await _learned(uow))[0] == 1  # held once, learned once
 
 
+async def test_an_outcome_held_for_a_lead_whose_facts_came_meanwhile_is_learned_from_once(uow: UnitOfWork) -> None:
+    """Another replica stored the lead's facts without seeing the hold: the recheck learns from it, once."""
+    await _close(uow, "lead-1", "won")
+    assert await service.learn_from_outcomes_held_for_known_leads(uow) == 0  # the lead is not known yet
+    async with uow.transaction() as tx:
+        await store.save_all_facts(tx.session, leads=[("lead-1", dict(MANAGER), utc_now())])
+    assert await service.learn_from_outcomes_held_for_known_leads(uow) == 1
+    assert await service.learn_from_outcomes_held_for_known_leads(uow) == 0
+    outcomes, [prediction] = await _learned(uow)
+    assert (outcomes, prediction["lead_id"], prediction["label"]) == (1, "lead-1", 1)
+
+
 async def test_a_held_outcome_logs_what_the_rules_said_of_the_lead(uow: UnitOfWork) -> None:
     await _close(uow, "lead-1", "won")
     await _capture(uow, _lead("lead-1"))
