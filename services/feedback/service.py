@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +22,8 @@ from shared.problems import ProblemError
 from shared.runtime import sweep_every
 from shared.topics import LEADS_OUTCOMES
 from shared.uow import Transaction, UnitOfWork
+
+log = logging.getLogger(__name__)
 
 OutcomeStatus = Literal["recorded", "duplicate", "pending"]
 
@@ -123,6 +126,8 @@ async def apply_outcomes_held_for_known_leads(uow: UnitOfWork, *, held_for: time
         await open_run(tx, known, with_pending=True)
         for lead_id in known:
             run.apply_pending(lead_id)
+    if known:
+        log.info("applied outcomes held for %d lead(s) known meanwhile", len(known))
     return len(known)
 
 

@@ -143,6 +143,8 @@ async def learn_from_outcomes_held_for_known_leads(uow: UnitOfWork, *, limit: in
         held = await store.take_outcomes_held_for_known_leads(tx.session, limit=limit)
         for lead_id, kind, occurred_at in held:
             await _learn_from(tx, lead_id, kind, occurred_at)
+    if held:
+        log.info("learned from %d outcome(s) held for leads known meanwhile", len(held))
     return len(held)
 
 
