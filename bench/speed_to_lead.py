@@ -217,12 +217,17 @@ def with_replica(finder: ProcessFinder, pid: int) -> list[psutil.Process]:
 
 
 async def scale_out_drains(pipeline: Pipeline, stack: Stack, monitor: Monitor) -> dict[str, Any]:
-    """The same backlog routed by one, then two, processes each of scoring and routing (one consumer group per
-    service, partitions spread over its members)."""
+    """The same backlog routed by one, two, two and one processes each of scoring and routing (one consumer group
+    per service, partitions spread over its members). In that order (ABBA), a drift over the four drains (tables
+    growing, the broker's caches, the JIT) weighs on both sides alike."""
     scaled = ("scoring", "routing")
     processes = [process for name in scaled if (process := stack[name].process) is not None]
+
+    async def drain(name: str, paused: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+        return await pipeline.backlog_drain(name, leads=DRAIN_LEADS, enqueue_rate=DRAIN_ENQUEUE_RATE, paused=paused)
+
     await stable_groups(monitor, scaled, members=1)
-    one = await pipeline.backlog_drain("drain-1x", leads=DRAIN_LEADS, enqueue_rate=DRAIN_ENQUEUE_RATE, paused=processes)
+    drains = [await drain("drain-1x-a", processes)]
     replicas = [stack[name].replica(1) for name in scaled]
     for replica in replicas:
         replica.start({f"BATON_{replica.name.upper()}_LOG_LEVEL": "WARNING"})
@@ -237,16 +242,31 @@ async def scale_out_drains(pipeline: Pipeline, stack: Stack, monitor: Monitor) -
         # routing, not the group pausing to hand partitions over.
         await stable_groups(monitor, scaled, members=2)
         both = [*processes, *(replica.process for replica in replicas if replica.process is not None)]
-        two = await pipeline.backlog_drain("drain-2x", leads=DRAIN_LEADS, enqueue_rate=DRAIN_ENQUEUE_RATE, paused=both)
+        drains += [await drain("drain-2x-a", both), await drain("drain-2x-b", both)]
     finally:
         for replica in replicas:
             await asyncio.to_thread(replica.stop)
+    await stable_groups(monitor, scaled, members=1)
+    drains.append(await drain("drain-1x-b", processes))
     await pipeline.settle(GRACE_SECONDS)
-    for drain in (one, two):  # counted again once everything drained
-        drain["lost"] = pipeline.ledger.backlog(drain["name"])
-        drain["duplicates"] = pipeline.ledger.duplicates(drain["name"])
+    for each in drains:  # counted again once everything drained
+        each["lost"] = pipeline.ledger.backlog(each["name"])
+        each["duplicates"] = pipeline.ledger.duplicates(each["name"])
+    one, two = _pooled(drains[0], drains[3]), _pooled(drains[1], drains[2])
     gain = two["leads_per_second"] / one["leads_per_second"] if one["leads_per_second"] else 0.0
-    return {"one_replica": one, "two_replicas": two, "gain": round(gain, 2), "partitions": PARTITIONS}
+    return {"one_replica": one, "two_replicas": two, "gain": round(gain, 2), "partitions": PARTITIONS,
+            "drains": drains}  # fmt: skip
+
+
+def _pooled(*drains: dict[str, Any]) -> dict[str, Any]:
+    """Drains of one replica count taken together: all the leads they routed over all the time it took."""
+    routed, seconds = sum(each["routed"] for each in drains), sum(each["seconds"] for each in drains)
+    return {
+        "accepted": sum(each["accepted"] for each in drains), "routed": routed, "seconds": round(seconds, 2),
+        "leads_per_second": round(routed / seconds, 1) if seconds else 0.0,
+        "each_leads_per_second": [each["leads_per_second"] for each in drains],
+        "lost": sum(each["lost"] for each in drains), "duplicates": sum(each["duplicates"] for each in drains),
+    }  # fmt: skip
 
 
 async def stable_groups(monitor: Monitor, services: tuple[str, ...], *, members: int) -> None:

@@ -100,11 +100,16 @@ def _warmup_line(warmup: dict[str, Any]) -> str:
 
 def _scale_out_line(scale: dict[str, Any]) -> str:
     one, two = scale["one_replica"], scale["two_replicas"]
+    each = len(one.get("each_leads_per_second", [1]))
+
+    def drains(pooled: dict[str, Any]) -> str:
+        return " and ".join(f"{rate:.0f}" for rate in pooled.get("each_leads_per_second", []))
+
     return (
-        f"scale-out ({scale['partitions']} partitions, backlog of {one['accepted']} leads): 1 replica each of "
-        f"scoring and routing {one['leads_per_second']:.0f} leads/s, 2 replicas each {two['leads_per_second']:.0f} "
-        f"leads/s (x{scale['gain']:.2f}); lost {one['lost'] + two['lost']}, duplicates "
-        f"{one['duplicates'] + two['duplicates']}"
+        f"scale-out ({scale['partitions']} partitions, {each} backlogs of {one['accepted'] // each} leads per "
+        f"replica count): 1 replica each of scoring and routing {one['leads_per_second']:.0f} leads/s "
+        f"({drains(one)}), 2 replicas each {two['leads_per_second']:.0f} leads/s ({drains(two)}), "
+        f"x{scale['gain']:.2f}; lost {one['lost'] + two['lost']}, duplicates {one['duplicates'] + two['duplicates']}"
     )
 
 
