@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
-from shared.runtime import keep_running
+from shared.runtime import keep_running, sweep_every
+from tests.support.polling import eventually
 
 
 class FlakyWork:
@@ -44,4 +46,49 @@ async def test_the_services_own_cancellation_ends_the_work() -> None:
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+class Sweep:
+    """Finds work twice, then nothing, then fails (an outage), then finds work once more."""
+
+    def __init__(self) -> None:
+        self.answers: list[int | Exception] = [2, 1, 0, RuntimeError("database down"), 1, 0]
+        self.calls = 0
+
+    async def __call__(self) -> int:
+        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_a_sweep_runs_again_at_once_while_it_finds_work_then_waits_for_the_next_period() -> None:
+    sweep = Sweep()
+    sweeping = asyncio.create_task(sweep_every(sweep, every_seconds=3600, what="apply held outcomes"))
+    try:
+        await eventually(lambda: _true(sweep.calls == 3), timeout=5, message="found 2, then 1, then nothing")
+        assert not sweeping.done()
+    finally:
+        await _cancel(sweeping)
+
+
+async def test_a_sweep_that_fails_is_logged_and_runs_again_the_next_period(caplog: pytest.LogCaptureFixture) -> None:
+    sweep = Sweep()
+    sweeping = asyncio.create_task(sweep_every(sweep, every_seconds=0.01, what="apply held outcomes"))
+    try:
+        await eventually(lambda: _true(sweep.calls >= 6), timeout=5, message="the sweep ran after its failure")
+    finally:
+        await _cancel(sweeping)
+    assert "could not apply held outcomes: RuntimeError('database down')" in caplog.text
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
         await task
