@@ -28,6 +28,7 @@ from speed.monitor import topic_partitions  # noqa: E402
 
 from shared.envelope import utc_now  # noqa: E402
 from shared.events import LeadCapturedV1  # noqa: E402
+from shared.kafka import PRODUCER_BATCH_BYTES  # noqa: E402
 
 RELAY_HOPS = 3
 
@@ -62,7 +63,8 @@ def relay_topics(run: str) -> list[str]:
 
 def producer(bootstrap_servers: str) -> AIOKafkaProducer:
     """A producer configured as Baton's publisher (shared/kafka.py)."""
-    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, enable_idempotence=True, acks="all", linger_ms=1)
+    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, enable_idempotence=True, acks="all", linger_ms=1,
+                            max_batch_size=PRODUCER_BATCH_BYTES)  # fmt: skip
 
 
 async def relay_hop(bootstrap_servers: str, source: str, target: str) -> None:
