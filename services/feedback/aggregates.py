@@ -227,8 +227,11 @@ def changes(before: LeadCard | None, after: LeadCard) -> list[Delta]:
         return [*_negated(before.day, contributions(before)), *(_as_deltas(after.day, contributions(after)))]
     was = _card_metrics(before) if before is not None else {}
     now = _card_metrics(after)
-    # A cell of both cards moves by the metrics' change; one of `before` alone loses them, one of `after` gains them.
-    by_presence = {(True, True): _moved(was, now), (True, False): _moved(was, {}), (False, True): _moved({}, now)}
+    # A cell of both cards moves by the metrics' change (`kept`); one of `before` alone loses them (`left`), one of
+    # `after` gains them (`joined`). The last two only where a dimension's values differ: worked out when first needed.
+    kept = _moved(was, now)
+    left: dict[str, float | Decimal] | None = None
+    joined = kept if before is None else None
     cells: dict[Cell, dict[str, float | Decimal]] = {}
     for dimension in DIMENSIONS:
         if dimension == "rep":
@@ -240,13 +243,16 @@ def changes(before: LeadCard | None, after: LeadCard) -> list[Delta]:
             continue
         new_values = tuple(_values(after, dimension))
         old_values = tuple(_values(before, dimension)) if before is not None else ()
-        if old_values == new_values or not old_values:  # the commonest cases, without sets
-            if moved := by_presence[(bool(old_values), True)]:
+        if old_values == new_values or not old_values:  # the commonest cases, without sets (`kept` is `joined` then)
+            if kept:
                 for value in new_values:
-                    cells[(dimension, value)] = moved
+                    cells[(dimension, value)] = kept
             continue
+        if left is None or joined is None:
+            left, joined = _moved(was, {}), _moved({}, now)
         for value in set(old_values) | set(new_values):
-            if moved := by_presence[(value in old_values, value in new_values)]:
+            moved = (kept if value in new_values else left) if value in old_values else joined
+            if moved:
                 cells[(dimension, value)] = moved
     day = after.day
     return [Delta(day, dimension, value, amounts) for (dimension, value), amounts in sorted(cells.items())]

@@ -258,12 +258,13 @@ async def add_changes_to_cells(session: AsyncSession, changes: Sequence[Sequence
     writes. The amounts are exact (aggregates.stored_amount), so the sum is what adding them one at a time would
     store."""
     daily: dict[tuple[str, str, str], dict[str, Any]] = {}
-    monthly: dict[tuple[str, str, str], dict[str, Any]] = {}
     for deltas in changes:
         for delta in deltas:
-            value = delta.value[:320]
-            _add(daily.setdefault((delta.day, delta.dimension, value), {}), delta.amounts)
-            _add(monthly.setdefault((delta.day[:7], delta.dimension, value), {}), delta.amounts)
+            _add(daily.setdefault((delta.day, delta.dimension, delta.value[:320]), {}), delta.amounts)
+    # The month's cells from the days' sums: a batch's cards share a few days, so far fewer additions.
+    monthly: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for (day, dimension, value), amounts in daily.items():
+        _add(monthly.setdefault((day[:7], dimension, value), {}), amounts)
     bound = _sqlite_bound if session.bind.dialect.name == "sqlite" else _full
     for table, period, cells in ((report_cells, "day", daily), (report_cells_monthly, "month", monthly)):
         rows = [{period: at, "dimension": dimension, "value": value, **bound(amounts)}

@@ -18,7 +18,7 @@ from sqlalchemy import event as sql_event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feedback import store
-from services.feedback.aggregates import METRICS, contributions
+from services.feedback.aggregates import METRICS, LeadCard, changes, contributions
 from services.feedback.handlers import HANDLERS
 from shared.consumer import Batched, EventConsumer
 from shared.db import make_engine
@@ -264,6 +264,24 @@ async def check_run_by_run_equals_one_by_one(
         row["step"] for row in journeys}  # fmt: skip
     assert any(row["event_id"].startswith("pending:") for row in journeys)  # outcomes held, applied on capture
     assert any(row["reason"].startswith("captured [erased]") for row in journeys)
+
+
+async def test_a_batch_moves_each_month_cell_by_the_sum_of_its_days_cells(databases: Databases) -> None:
+    # Cards captured on five days of two months, in one batch: each month's cell holds what its days' cells hold.
+    uow = await databases("cells")
+    cards = [LeadCard(lead_id=f"lead-{n}", captured_at=T0 + timedelta(days=12 * n), country=("JP", "DE")[n % 2],
+                      won_amount=Decimal("10.5") * n, state="won" if n % 2 else "open") for n in range(5)]  # fmt: skip
+    async with uow.transaction() as tx:
+        await store.add_changes_to_cells(tx.session, [changes(None, card) for card in cards])
+    days: dict[tuple[str, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for row in await _rows(uow, store.report_cells, "day", "dimension", "value"):
+        for metric in METRICS:
+            days[(row["day"][:7], row["dimension"], row["value"])][metric] += float(row[metric])
+    months = {(row["month"], row["dimension"], row["value"]): {metric: float(row[metric]) for metric in METRICS}
+              for row in await _rows(uow, store.report_cells_monthly, "month", "dimension", "value")}  # fmt: skip
+    assert months == days
+    assert (months[("2026-03", "all", "all")]["captured"], months[("2026-04", "all", "all")]["captured"]) == (3, 2)
+    assert months[("2026-04", "country", "DE")]["won_amount"] == 31.5  # lead-3, captured on 2026-04-07
 
 
 async def test_a_run_folds_the_events_of_one_lead_in_order(databases: Databases) -> None:
