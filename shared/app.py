@@ -9,7 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
+from shared.direct import DirectRoute
 from shared.metrics import install_metrics
 from shared.problems import install_problem_handlers
 from shared.runtime import ServiceRuntime
@@ -23,8 +25,10 @@ def build_app(
     title: str,
     routers: Sequence[APIRouter],
     on_started: Callable[[FastAPI, ServiceRuntime], None] | None = None,
+    direct_routes: Sequence[APIRoute] = (),
 ) -> FastAPI:
-    """A service app whose lifespan starts and stops `runtime`; `on_started` wires what needs a started runtime."""
+    """A service app whose lifespan starts and stops `runtime`; `on_started` wires what needs a started runtime.
+    `direct_routes` (of `routers`) skip the router's layers, inside the app's own middleware (shared.direct)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +48,8 @@ def build_app(
     admin_key = runtime.settings.admin_key
     app.state.admin_key = admin_key.get_secret_value() if admin_key else None
     install_problem_handlers(app)
+    for route in direct_routes:  # added first: the innermost middleware, under metrics, traces and CORS
+        app.add_middleware(DirectRoute, route=route)
     install_metrics(app, runtime.metrics)
     install_tracing(app, runtime.settings.service_name)
     app.include_router(_health_router())

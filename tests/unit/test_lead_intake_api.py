@@ -90,6 +90,18 @@ async def test_json_lead_is_captured_then_a_resubmission_is_merged_into_it(clien
     assert lead["history"][0]["changes"] == {"city": [None, "Osaka"]}
 
 
+async def test_lead_posts_skip_the_router_but_are_timed_by_their_route(client: httpx.AsyncClient) -> None:
+    """POST /v1/leads is served directly (shared.direct): its answers, good and bad, are still timed by route."""
+    assert (await client.post("/v1/leads", json={"email": "ada@acme.example"}, headers=ADMIN)).status_code == 202
+    assert (await client.post("/v1/leads", json={"email": "nope"}, headers=ADMIN)).status_code == 422
+    assert (await client.post("/v1/leads", json={"email": "ada@acme.example"})).status_code == 401
+
+    exposition = (await client.get("/metrics")).text
+    for status in ("202", "422", "401"):
+        timed = f'baton_http_request_duration_seconds_count{{method="POST",route="/v1/leads",status="{status}"}} 1.0'
+        assert timed in exposition
+
+
 async def test_segmentation_fields_are_normalised(client: httpx.AsyncClient) -> None:
     submitted = {
         "email": "ken@firm.example", "phone": "03-1234-5678", "country": "Japan", "seniority": "Vice President",
