@@ -18,7 +18,7 @@ class Settings(ServiceSettings):
     consumer_fetch_max_wait_ms: int = 500
     consumer_fetch_min_bytes: int = 1024 * 1024
     # Feedback yields the cores to the speed-to-lead path (shared.serve.lower_cpu_priority). At 500 leads/s, every
-    # process sharing two cores, it used a sixth of their CPU; at niceness 19 (two alternating pairs in the
-    # profiling driver) speed to lead's p99 fell from 1,725 and 923 ms to 887 and 416, while feedback's lag grew
-    # for the peak and was caught up after it. Its reports trail a peak by seconds; the leads do not wait for them.
+    # process sharing two cores, it used a sixth of their CPU; at niceness 10 (four alternating pairs in the
+    # profiling driver) speed to lead's p99 was 464 to 734 ms against 650 to 1,230, while feedback's lag grew for
+    # the peak. Its reports trail a peak by seconds; the leads do not wait for them.
     cpu_niceness: int = 10
