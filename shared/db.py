@@ -98,14 +98,19 @@ def unnest_columns(table: Table, columns: Sequence[str]) -> list[str]:
 
 
 def _array_type(table: Table, name: str) -> str:
+    return f"{record_type(table, name)}[]"
+
+
+def record_type(table: Table, name: str) -> str:
+    """The type a column's values are given as, in an array parameter or a JSON record (JSON given as text)."""
     column_type = table.c[name].type
     if isinstance(column_type, JSON):
-        return "text[]"
+        return "text"
     if isinstance(column_type, String):
-        # Not varchar(n)[]: an explicit cast to varchar(n) cuts a longer value short without a word, where storing
-        # it in the column fails ("value too long"), as any other insert does.
-        return "varchar[]"
-    return f"{column_type.compile(dialect=_POSTGRES)}[]"
+        # Not varchar(n): an explicit cast to varchar(n) cuts a longer value short without a word, where storing it
+        # in the column fails ("value too long"), as any other insert does.
+        return "varchar"
+    return str(column_type.compile(dialect=_POSTGRES))
 
 
 # Up to this many values, a hot read's lists go as IN lists on PostgreSQL too (`few_enough`): a statement per count,

@@ -219,12 +219,44 @@ class Delta(NamedTuple):
 
 def changes(before: LeadCard | None, after: LeadCard) -> list[Delta]:
     """What to add to the cells when a lead's card goes from `before` to `after` (nothing for no change): for every
-    cell, its amounts in contributions(after) minus those in contributions(before), the cells that move sorted.
+    cell, its amounts in contributions(after) minus those in contributions(before), the cells that move sorted."""
+    if before is not None and before.day != after.day:
+        return [*_negated(before.day, contributions(before)), *(_as_deltas(after.day, contributions(after)))]
+    moved = sorted(_moved_cells(before, after).items())
+    return [Delta(after.day, dimension, value, amounts) for (dimension, value), amounts in moved]
+
+
+CellSums = dict[tuple[str, str, str], dict[str, float | Decimal]]  # (day, dimension, value) -> metric -> amount
+
+
+def add_change(sums: CellSums, before: LeadCard | None, after: LeadCard) -> None:
+    """Add to `sums` what changes(before, after) adds to the cells: a batch's cards add their changes into one dict,
+    without a list of deltas per card to build and sort."""
+    if before is not None and before.day != after.day:
+        for delta in changes(before, after):
+            add_amounts(sums, (delta.day, delta.dimension, delta.value), delta.amounts)
+        return
+    day = after.day
+    for (dimension, value), amounts in _moved_cells(before, after).items():
+        add_amounts(sums, (day, dimension, value), amounts)
+
+
+def add_amounts(sums: CellSums, cell: tuple[str, str, str], amounts: Mapping[str, float | Decimal]) -> None:
+    """Add `amounts` to the cell's sums in `sums` (a new cell starts from a copy of them)."""
+    total = sums.get(cell)
+    if total is None:
+        sums[cell] = dict(amounts)  # a copy: cells of one card share their amounts
+        return
+    for name, amount in amounts.items():
+        total[name] = total.get(name, 0) + amount  # type: ignore[operator]  # a metric is all floats or all Decimals
+
+
+def _moved_cells(before: LeadCard | None, after: LeadCard) -> dict[Cell, dict[str, float | Decimal]]:
+    """The cells of the card's capture day that move when it goes from `before` (of the same day) to `after`, and by
+    how much (the amounts may be shared between cells).
 
     Worked out per dimension from the two cards' metrics, rather than from their two full sets of cells (a dict of
     metrics per cell per card): half the time, for a run of feedback's commonest work."""
-    if before is not None and before.day != after.day:
-        return [*_negated(before.day, contributions(before)), *(_as_deltas(after.day, contributions(after)))]
     was = _card_metrics(before) if before is not None else {}
     now = _card_metrics(after)
     # A cell of both cards moves by the metrics' change (`kept`); one of `before` alone loses them (`left`), one of
@@ -254,8 +286,7 @@ def changes(before: LeadCard | None, after: LeadCard) -> list[Delta]:
             moved = (kept if value in new_values else left) if value in old_values else joined
             if moved:
                 cells[(dimension, value)] = moved
-    day = after.day
-    return [Delta(day, dimension, value, amounts) for (dimension, value), amounts in sorted(cells.items())]
+    return cells
 
 
 def _moved(was: Mapping[str, float | Decimal], now: Mapping[str, float | Decimal]) -> dict[str, float | Decimal]:

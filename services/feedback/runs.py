@@ -3,7 +3,7 @@ run after run, and what the batch changed written back with a few statements (pu
 
 Applying a batch changes what applying its events one by one would: the same cards, the same journey steps in the
 same order, the same outcomes held for leads not known yet, and the same report totals. A card's cells move once,
-from the card as loaded to the card as left (store.add_changes_to_cells: each cell touched written once): the sum of
+from the card as loaded to the card as left (store.add_cell_sums: each cell touched written once): the sum of
 the differences each of its events made, since each event starts from the card the one before left. A cell that
 would move and come back to zero is not written at all (reports show no row for one at zero either way).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from services.feedback import cards
-from services.feedback.aggregates import Delta, LeadCard, changes
+from services.feedback.aggregates import CellSums, LeadCard, add_change
 from services.feedback.domain import JourneyStep, outcome_step
 from services.feedback.lifecycle import ImpossibleTransition
 from shared.events import OutcomeRecordedV1
@@ -97,10 +97,15 @@ class CardRun:
 
     def changed_cards(self) -> list[LeadCard]:
         """Cards that existed before the run and end it different."""
-        return [card for lead_id, card in self._cards.items() if self._loaded.get(lead_id, card) != card]
+        return [card for lead_id, card in self._cards.items()
+                if (loaded := self._loaded.get(lead_id, card)) is not card and loaded != card]  # fmt: skip
 
-    def cell_changes(self) -> list[list[Delta]]:
-        """What the batch adds to the report cells: per card, the difference between the card loaded and the card
-        left."""
-        return [changes(self._loaded.get(lead_id), card) for lead_id, card in self._cards.items()
-                if self._loaded.get(lead_id) != card]  # fmt: skip
+    def cell_sums(self) -> CellSums:
+        """What the batch adds to the report cells: the sum, per cell, of each card's difference between the card
+        loaded and the card left."""
+        sums: CellSums = {}
+        for lead_id, card in self._cards.items():
+            loaded = self._loaded.get(lead_id)
+            if loaded is not card and loaded != card:
+                add_change(sums, loaded, card)
+        return sums

@@ -102,7 +102,7 @@ async def write_run(tx: Transaction, run: CardRun) -> None:
     """Write back what a batch did: its journey steps, cards, report cells and held outcomes, a statement each."""
     await store.add_steps(tx.session, steps=run.steps)
     await store.save_cards(tx.session, new=run.new_cards(), changed=run.changed_cards())
-    await store.add_changes_to_cells(tx.session, run.cell_changes())
+    await store.add_cell_sums(tx.session, run.cell_sums())
     held = [outcome.model_dump(mode="json") for outcome in run.held]
     await store.hold_outcomes(tx.session, events=held, at=utc_now())
 

@@ -30,13 +30,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.feedback.aggregates import AMOUNT_METRICS, METRICS, Delta, LeadCard, changes
+from services.feedback.aggregates import AMOUNT_METRICS, METRICS, CellSums, Delta, LeadCard, add_amounts, changes
 from services.feedback.domain import JourneyStep
 from shared import privacy
 from shared.db import Migration, UtcDateTime, among, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables, scrub
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
-from shared.writes import write_rows
+from shared.writes import add_to_rows, write_rows
 
 metadata = MetaData()
 add_messaging_tables(metadata)
@@ -249,42 +249,40 @@ async def save_card(session: AsyncSession, before: LeadCard | None, after: LeadC
 
 async def add_to_cells(session: AsyncSession, deltas: Sequence[Delta]) -> None:
     """Add each delta to its daily cell and to the month's rollup (created at zero if new)."""
-    await add_changes_to_cells(session, [deltas])
+    sums: CellSums = {}
+    for delta in deltas:
+        add_amounts(sums, (delta.day, delta.dimension, delta.value), delta.amounts)
+    await add_cell_sums(session, sums)
 
 
-async def add_changes_to_cells(session: AsyncSession, changes: Sequence[Sequence[Delta]]) -> None:
-    """Add many changes to the cells, each the deltas of one card: every distinct daily and monthly cell touched is
-    upserted once (created at zero if new), by the sum of what the changes add to it, with the transaction's other
-    writes. The amounts are exact (aggregates.stored_amount), so the sum is what adding them one at a time would
-    store."""
-    daily: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for deltas in changes:
-        for delta in deltas:
-            _add(daily.setdefault((delta.day, delta.dimension, delta.value[:320]), {}), delta.amounts)
+async def add_cell_sums(session: AsyncSession, sums: CellSums) -> None:
+    """Add what a batch's cards add to their daily cells (aggregates.add_change) to those cells and to their months'
+    rollups: every distinct cell upserted once (created at zero if new), with the transaction's other writes, in key
+    order (two transactions of replicas lock shared cells in one order). The amounts are exact
+    (aggregates.stored_amount), so the sums are what adding them one at a time would store."""
+    daily: CellSums = {}
+    for (day, dimension, value), amounts in sums.items():
+        add_amounts(daily, (day, dimension, value[:320]), amounts)
     # The month's cells from the days' sums: a batch's cards share a few days, so far fewer additions.
-    monthly: dict[tuple[str, str, str], dict[str, Any]] = {}
+    monthly: CellSums = {}
     for (day, dimension, value), amounts in daily.items():
-        _add(monthly.setdefault((day[:7], dimension, value), {}), amounts)
-    bound = _sqlite_bound if session.bind.dialect.name == "sqlite" else _full
+        add_amounts(monthly, (day[:7], dimension, value), amounts)
+    sqlite = session.bind.dialect.name == "sqlite"
     for table, period, cells in ((report_cells, "day", daily), (report_cells_monthly, "month", monthly)):
-        rows = [{period: at, "dimension": dimension, "value": value, **bound(amounts)}
-                for (at, dimension, value), amounts in cells.items()]  # fmt: skip
-        await write_rows(session, table, rows, add=METRICS)
+        rows = [{period: at, "dimension": dimension, "value": value,
+                 **(_sqlite_bound(amounts) if sqlite else _moving(amounts))}
+                for (at, dimension, value), amounts in sorted(cells.items())]  # fmt: skip
+        await add_to_rows(session, table, rows, add=METRICS)
 
 
-def _add(total: dict[str, Any], amounts: Mapping[str, Any]) -> None:
-    for name, amount in amounts.items():
-        total[name] = total.get(name, 0) + amount
-
-
-def _full(amounts: Mapping[str, Any]) -> dict[str, Any]:
-    # A multi-row insert needs the same columns in every row.
-    return {name: amounts.get(name, 0) for name in METRICS}
+def _moving(amounts: Mapping[str, Any]) -> dict[str, Any]:
+    # Only what moves travels (shared.writes.add_to_rows): a cell's amounts are a few of the 63 metrics.
+    return {name: amount for name, amount in amounts.items() if amount != 0}
 
 
 def _sqlite_bound(amounts: Mapping[str, Any]) -> dict[str, Any]:
     # sqlite3 binds no Decimal; its NUMERIC is a float anyway.
-    return {name: float(amount) if isinstance(amount, Decimal) else amount for name, amount in _full(amounts).items()}
+    return {name: float(amount) if isinstance(amount, Decimal) else amount for name, amount in amounts.items()}
 
 
 async def hold_outcome(

@@ -6,11 +6,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, event, select
+from sqlalchemy import JSON, Column, Integer, MetaData, Numeric, String, Table, event, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,7 +20,7 @@ from shared.events import LeadRoutedV1
 from shared.outbox import CommittedEvent
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.uow import UnitOfWork
-from shared.writes import CheckedWrite, create_unchanged_check, update_rows, write_checked, write_rows
+from shared.writes import CheckedWrite, add_to_rows, create_unchanged_check, update_rows, write_checked, write_rows
 from tests.integration.conftest import migrated_engine
 
 metadata = MetaData()
@@ -33,8 +34,18 @@ notes = Table(
     Column("tally", Integer),
 )
 tallies = Table("tallies", metadata, Column("name", String(50), primary_key=True), Column("count", Integer))
+# Running totals, most of which a write leaves alone (add_to_rows).
+totals = Table(
+    "totals",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("name", String(50), primary_key=True),
+    *(Column(f"count_{n}", Integer, nullable=False, server_default="0") for n in range(3)),
+    Column("amount", Numeric(20, 4), nullable=False, server_default="0"),
+)
+TOTALS = ("count_0", "count_1", "count_2", "amount")
 MIGRATIONS = (
-    Migration(1, "kept writes", create_tables(metadata, "notes", "tallies", OUTBOX, INBOX)),
+    Migration(1, "kept writes", create_tables(metadata, "notes", "tallies", "totals", OUTBOX, INBOX)),
     Migration(2, "the check of checked writes", create_unchanged_check),
 )
 # A compare-and-set: a tally moves on only from the count it was read at.
@@ -151,6 +162,34 @@ async def test_an_upsert_adds_to_the_columns_named_and_two_of_one_shape_add_up(e
     async with uow.read() as session:
         rows = (await session.execute(select(tallies).order_by(tallies.c.name))).all()
     assert [tuple(row) for row in rows] == [("lost", 1), ("won", 9)]
+
+
+async def test_sparse_rows_add_what_they_give_and_travel_with_the_other_writes(engine: AsyncEngine) -> None:
+    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test")
+    async with uow.transaction() as tx:
+        await add_to_rows(tx.session, totals, [{"day": "d1", "name": "a", "count_1": 2}], add=TOTALS)
+    statements = Statements(engine)
+    async with uow.transaction() as tx:
+        await write_rows(tx.session, tallies, [{"name": "x", "count": 1}])
+        await add_to_rows(tx.session, totals, [
+            {"day": "d1", "name": "a", "count_1": -1, "amount": Decimal("1250.5001")},
+            {"day": "d1", "name": "b"},  # created at zero
+            {"day": "d2", "name": "a", "count_0": 1, "count_2": 3, "amount": Decimal("-0.0001")},
+        ], add=TOTALS)  # fmt: skip
+        await add_to_rows(tx.session, totals, [{"day": "d1", "name": "a", "amount": Decimal("0.4999")}], add=TOTALS)
+    sent = list(statements.seen)
+    async with uow.read() as session:
+        rows = (await session.execute(select(totals).order_by(totals.c.day, totals.c.name))).all()
+    assert [tuple(row) for row in rows] == [
+        ("d1", "a", 0, 1, 0, Decimal("1251.0000")),
+        ("d1", "b", 0, 0, 0, Decimal("0")),
+        ("d2", "a", 1, 0, 3, Decimal("-0.0001")),
+    ]
+    if engine.dialect.name == "postgresql":
+        assert len(sent) == 2, sent  # the insert and the first upsert together, then the last
+    with pytest.raises(ValueError, match="count_9"):
+        async with uow.transaction() as tx:
+            await add_to_rows(tx.session, totals, [{"day": "d1", "name": "a", "count_9": 1}], add=TOTALS)
 
 
 async def test_a_kept_write_that_fails_fails_the_transaction_and_writes_nothing(engine: AsyncEngine) -> None:

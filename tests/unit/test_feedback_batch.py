@@ -18,7 +18,7 @@ from sqlalchemy import event as sql_event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feedback import store
-from services.feedback.aggregates import METRICS, LeadCard, changes, contributions
+from services.feedback.aggregates import METRICS, CellSums, LeadCard, add_change, contributions
 from services.feedback.handlers import HANDLERS
 from shared.consumer import Batched, EventConsumer
 from shared.db import make_engine
@@ -272,7 +272,10 @@ async def test_a_batch_moves_each_month_cell_by_the_sum_of_its_days_cells(databa
     cards = [LeadCard(lead_id=f"lead-{n}", captured_at=T0 + timedelta(days=12 * n), country=("JP", "DE")[n % 2],
                       won_amount=Decimal("10.5") * n, state="won" if n % 2 else "open") for n in range(5)]  # fmt: skip
     async with uow.transaction() as tx:
-        await store.add_changes_to_cells(tx.session, [changes(None, card) for card in cards])
+        sums: CellSums = {}
+        for card in cards:
+            add_change(sums, None, card)
+        await store.add_cell_sums(tx.session, sums)
     days: dict[tuple[str, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for row in await _rows(uow, store.report_cells, "day", "dimension", "value"):
         for metric in METRICS:
