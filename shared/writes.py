@@ -23,6 +23,9 @@ decided on reads without locks writes with it: when another writer changed what 
 instead of overwriting, and is done again under locks. Checked writes are compared first, in the order they were
 kept, before the statement's other writes run.
 
+An insert's rows travel as one JSON document (`json_to_recordset`) when every value has a JSON form PostgreSQL reads
+back the same (shared.db.travels_as_document); otherwise (bytes, NaN), as an array per column.
+
 On SQLite every write runs at once.
 """
 
