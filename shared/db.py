@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import ssl
 import zlib
@@ -102,13 +103,11 @@ def unnest_columns(table: Table, columns: Sequence[str]) -> list[str]:
 
 
 def travels_as_document(table: Table, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bool:
-    """Whether rows can travel as one JSON document (`json_document`, read back with `document_type`): every
-    value has a JSON form PostgreSQL reads as the same value. Bytes have none, nor floats that are not finite (JSON
-    has no NaN); an instant without a zone is refused, as UtcDateTime refuses it."""
+    """Whether rows can travel as one JSON document (`json_document`, read back with `document_value`): every
+    value has a JSON form PostgreSQL reads as the same value (bytes go as base64). Floats that are not finite have
+    none (JSON has no NaN); an instant without a zone is refused, as UtcDateTime refuses it."""
     for name in columns:
         column_type = table.c[name].type
-        if isinstance(column_type, LargeBinary):
-            return False
         if isinstance(column_type, UtcDateTime):
             if any((value := row.get(name)) is not None and value.tzinfo is None for row in rows):
                 raise ValueError("naive datetime: Baton stores instants, give a timezone")
@@ -128,12 +127,22 @@ def json_document(rows: Sequence[Mapping[str, Any]]) -> str:
 def _json_default(value: Any) -> str:
     if isinstance(value, Decimal):
         return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
     raise TypeError(f"{type(value).__name__} has no JSON form here")
 
 
 def document_type(table: Table, name: str) -> str:
-    """The type a column's values are read as from a JSON document's records."""
-    return "json" if isinstance(table.c[name].type, JSON) else record_type(table, name)
+    """The type a column's values are read as from a JSON document's records (bytes as base64 text)."""
+    column_type = table.c[name].type
+    if isinstance(column_type, LargeBinary):
+        return "text"
+    return "json" if isinstance(column_type, JSON) else record_type(table, name)
+
+
+def document_value(table: Table, name: str, given: str) -> str:
+    """The column's value from `given`, a record read with `document_type`."""
+    return f"decode({given}, 'base64')" if isinstance(table.c[name].type, LargeBinary) else given
 
 
 def _array_type(table: Table, name: str) -> str:

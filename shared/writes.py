@@ -23,8 +23,8 @@ decided on reads without locks writes with it: when another writer changed what 
 instead of overwriting, and is done again under locks. Checked writes are compared first, in the order they were
 kept, before the statement's other writes run.
 
-An insert's rows travel as one JSON document (`json_to_recordset`) when every value has a JSON form PostgreSQL reads
-back the same (shared.db.travels_as_document); otherwise (bytes, NaN), as an array per column.
+A write's rows travel as one JSON document (`json_to_recordset`) when every value has a JSON form PostgreSQL reads
+back the same (shared.db.travels_as_document; bytes as base64); otherwise (NaN), as an array per column.
 
 On SQLite every write runs at once.
 """
@@ -44,6 +44,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from shared.db import (
     column_arrays,
     document_type,
+    document_value,
     json_document,
     travels_as_document,
     unnest_arrays,
@@ -65,39 +66,45 @@ class _Shape:
     add: tuple[str, ...] | None = None  # insert: on a primary key already there, add to these columns
     key: tuple[str, ...] | None = None  # update: the rows to change, by these columns
     returning: tuple[str, ...] = ()
-    # insert: the rows travel as one JSON document (`:{prefix}rows`), not as an array per column
+    # the rows travel as one JSON document (`:{prefix}rows`), not as an array per column
     document: bool = False
     sparse: bool = False  # a document's rows may leave `add` columns out: they add 0
 
     def sql(self, prefix: str) -> str:
-        names = ", ".join(self.columns)
+        values = self._values()
         if self.key is not None:
-            arrays = unnest_arrays(self.table, self.columns, prefix=prefix)
-            given = unnest_columns(self.table, self.columns)
             changed = ", ".join(
-                f"{name} = {value}" for name, value in zip(self.columns, given, strict=True) if name not in self.key
+                f"{name} = {value}" for name, value in zip(self.columns, values, strict=True) if name not in self.key
             )
             matched = " AND ".join(f"{self.table.name}.{name} = given.{name}" for name in self.key)
-            sql = f"UPDATE {self.table.name} SET {changed} FROM unnest({arrays}) AS given({names}) WHERE {matched}"
+            sql = f"UPDATE {self.table.name} SET {changed} FROM {self._given(prefix)} WHERE {matched}"
         else:
-            sql = f"INSERT INTO {self.table.name} ({names}) SELECT {self._given()} FROM {self._rows(prefix)} "
-            sql += f"WITH ORDINALITY AS given({names}, position) ORDER BY position"
+            sql = (
+                f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) SELECT {', '.join(values)} "
+                f"FROM {self._given(prefix, ordered=True)} ORDER BY position"
+            )
             sql += _on_conflict(self.table, self.replace, self.add)
         if self.returning:
             sql += f" RETURNING {', '.join(self.returning)}"
         return sql
 
-    def _rows(self, prefix: str) -> str:
+    def _given(self, prefix: str, *, ordered: bool = False) -> str:
+        """The rows given, as `given` (with their `position`, `ordered`)."""
+        names = ", ".join((*self.columns, "position") if ordered else self.columns)
+        ordinality = " WITH ORDINALITY" if ordered else ""
         if not self.document:
-            return f"unnest({unnest_arrays(self.table, self.columns, prefix=prefix)})"
+            return f"unnest({unnest_arrays(self.table, self.columns, prefix=prefix)}){ordinality} AS given({names})"
         typed = ", ".join(f"{name} {document_type(self.table, name)}" for name in self.columns)
-        return f"ROWS FROM (json_to_recordset(CAST(:{prefix}rows AS json)) AS ({typed}))"
+        rows = f"json_to_recordset(CAST(:{prefix}rows AS json)) AS ({typed})"
+        return f"ROWS FROM ({rows}){ordinality} AS given({names})"
 
-    def _given(self) -> str:
+    def _values(self) -> list[str]:
+        """Each column's value, from `given`."""
         if not self.document:
-            return ", ".join(unnest_columns(self.table, self.columns))
+            return unnest_columns(self.table, self.columns)
         added = self.add or () if self.sparse else ()
-        return ", ".join(f"coalesce(given.{name}, 0)" if name in added else f"given.{name}" for name in self.columns)
+        return [f"coalesce(given.{name}, 0)" if name in added else document_value(self.table, name, f"given.{name}")
+                for name in self.columns]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +232,9 @@ async def update_rows(
             [{f"{'key' if name in matched else 'new'}_{name}": row[name] for name in columns} for row in rows],
         )
         return
-    await _keep(session, _Write(_Shape(table, columns, key=matched), column_arrays(table, rows, columns)))
+    document = travels_as_document(table, rows, columns)
+    params = {"rows": list(rows)} if document else column_arrays(table, rows, columns)
+    await _keep(session, _Write(_Shape(table, columns, key=matched, document=document), params))
 
 
 async def write_checked(session: AsyncSession, write: CheckedWrite, params: Mapping[str, Sequence[Any]]) -> None:

@@ -195,8 +195,8 @@ async def test_sparse_rows_add_what_they_give_and_travel_with_the_other_writes(e
 
 
 async def test_values_json_has_no_form_for_are_stored_as_given_and_naive_instants_refused(engine: AsyncEngine) -> None:
-    """Rows travel as one JSON document on PostgreSQL unless a value has no JSON form (NaN, bytes): those rows go as
-    arrays, stored the same."""
+    """Rows travel as one JSON document on PostgreSQL unless a value has no JSON form (NaN, infinity): those rows go
+    as arrays, stored the same."""
     uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test")
     async with uow.transaction() as tx:
         await write_rows(tx.session, notes, [note(1, weight=1.5), note(2, weight=None)])
