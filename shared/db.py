@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import math
 import ssl
 import zlib
 from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +18,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Integer,
-    LargeBinary,
     MetaData,
-    Numeric,
     String,
     Table,
     any_,
@@ -100,49 +95,6 @@ def unnest_arrays(table: Table, columns: Sequence[str], *, prefix: str = "") -> 
 def unnest_columns(table: Table, columns: Sequence[str]) -> list[str]:
     """The columns of `unnest(...) AS given(columns)` as the table takes them (JSON given as text)."""
     return [f"given.{name}::json" if isinstance(table.c[name].type, JSON) else f"given.{name}" for name in columns]
-
-
-def travels_as_document(table: Table, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bool:
-    """Whether rows can travel as one JSON document (`json_document`, read back with `document_value`): every
-    value has a JSON form PostgreSQL reads as the same value (bytes go as base64). Floats that are not finite have
-    none (JSON has no NaN); an instant without a zone is refused, as UtcDateTime refuses it."""
-    for name in columns:
-        column_type = table.c[name].type
-        if isinstance(column_type, UtcDateTime):
-            if any((value := row.get(name)) is not None and value.tzinfo is None for row in rows):
-                raise ValueError("naive datetime: Baton stores instants, give a timezone")
-        elif isinstance(column_type, Numeric) and any(
-            isinstance(value := row.get(name), float) and not math.isfinite(value) for row in rows
-        ):
-            return False
-    return True
-
-
-def json_document(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Rows as one JSON document (see `travels_as_document`), encoded in C at once, where the driver checks and
-    encodes an array per column value by value. Decimals go as strings, read into NUMERIC exactly."""
-    return orjson.dumps(rows, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def _json_default(value: Any) -> str:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"{type(value).__name__} has no JSON form here")
-
-
-def document_type(table: Table, name: str) -> str:
-    """The type a column's values are read as from a JSON document's records (bytes as base64 text)."""
-    column_type = table.c[name].type
-    if isinstance(column_type, LargeBinary):
-        return "text"
-    return "json" if isinstance(column_type, JSON) else record_type(table, name)
-
-
-def document_value(table: Table, name: str, given: str) -> str:
-    """The column's value from `given`, a record read with `document_type`."""
-    return f"decode({given}, 'base64')" if isinstance(table.c[name].type, LargeBinary) else given
 
 
 def _array_type(table: Table, name: str) -> str:

@@ -23,9 +23,6 @@ decided on reads without locks writes with it: when another writer changed what 
 instead of overwriting, and is done again under locks. Checked writes are compared first, in the order they were
 kept, before the statement's other writes run.
 
-A write's rows travel as one JSON document (`json_to_recordset`) when every value has a JSON form PostgreSQL reads
-back the same (shared.db.travels_as_document; bytes as base64); otherwise (NaN), as an array per column.
-
 On SQLite every write runs at once.
 """
 
@@ -34,6 +31,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -41,15 +39,7 @@ from sqlalchemy import Connection, Executable, Row, Table, TextClause, bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from shared.db import (
-    column_arrays,
-    document_type,
-    document_value,
-    json_document,
-    travels_as_document,
-    unnest_arrays,
-    unnest_columns,
-)
+from shared.db import column_arrays, record_type, unnest_arrays, unnest_columns
 
 _KEPT = "baton.kept_writes"
 
@@ -66,45 +56,41 @@ class _Shape:
     add: tuple[str, ...] | None = None  # insert: on a primary key already there, add to these columns
     key: tuple[str, ...] | None = None  # update: the rows to change, by these columns
     returning: tuple[str, ...] = ()
-    # the rows travel as one JSON document (`:{prefix}rows`), not as an array per column
-    document: bool = False
-    sparse: bool = False  # a document's rows may leave `add` columns out: they add 0
+    sparse: bool = False  # the rows travel as one JSON document (`:{prefix}rows`); an `add` column left out adds 0
 
     def sql(self, prefix: str) -> str:
-        values = self._values()
+        if self.sparse:
+            return self._sparse_sql(prefix)
+        arrays = unnest_arrays(self.table, self.columns, prefix=prefix)
+        given = unnest_columns(self.table, self.columns)
+        names = ", ".join(self.columns)
         if self.key is not None:
             changed = ", ".join(
-                f"{name} = {value}" for name, value in zip(self.columns, values, strict=True) if name not in self.key
+                f"{name} = {value}" for name, value in zip(self.columns, given, strict=True) if name not in self.key
             )
             matched = " AND ".join(f"{self.table.name}.{name} = given.{name}" for name in self.key)
-            sql = f"UPDATE {self.table.name} SET {changed} FROM {self._given(prefix)} WHERE {matched}"
+            sql = f"UPDATE {self.table.name} SET {changed} FROM unnest({arrays}) AS given({names}) WHERE {matched}"
         else:
             sql = (
-                f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) SELECT {', '.join(values)} "
-                f"FROM {self._given(prefix, ordered=True)} ORDER BY position"
+                f"INSERT INTO {self.table.name} ({names}) SELECT {', '.join(given)} FROM unnest({arrays}) "
+                f"WITH ORDINALITY AS given({names}, position) ORDER BY position"
             )
             sql += _on_conflict(self.table, self.replace, self.add)
         if self.returning:
             sql += f" RETURNING {', '.join(self.returning)}"
         return sql
 
-    def _given(self, prefix: str, *, ordered: bool = False) -> str:
-        """The rows given, as `given` (with their `position`, `ordered`)."""
-        names = ", ".join((*self.columns, "position") if ordered else self.columns)
-        ordinality = " WITH ORDINALITY" if ordered else ""
-        if not self.document:
-            return f"unnest({unnest_arrays(self.table, self.columns, prefix=prefix)}){ordinality} AS given({names})"
-        typed = ", ".join(f"{name} {document_type(self.table, name)}" for name in self.columns)
-        rows = f"json_to_recordset(CAST(:{prefix}rows AS json)) AS ({typed})"
-        return f"ROWS FROM ({rows}){ordinality} AS given({names})"
-
-    def _values(self) -> list[str]:
-        """Each column's value, from `given`."""
-        if not self.document:
-            return unnest_columns(self.table, self.columns)
-        added = self.add or () if self.sparse else ()
-        return [f"coalesce(given.{name}, 0)" if name in added else document_value(self.table, name, f"given.{name}")
-                for name in self.columns]  # fmt: skip
+    def _sparse_sql(self, prefix: str) -> str:
+        names = ", ".join(self.columns)
+        typed = ", ".join(f"{name} {record_type(self.table, name)}" for name in self.columns)
+        given = ", ".join(f"coalesce(given.{name}, 0)" if name in (self.add or ()) else f"given.{name}"
+                          for name in self.columns)  # fmt: skip
+        return (
+            f"INSERT INTO {self.table.name} ({names}) SELECT {given} "
+            f"FROM ROWS FROM (jsonb_to_recordset(CAST(:{prefix}rows AS jsonb)) AS ({typed})) "
+            f"WITH ORDINALITY AS given({names}, position) ORDER BY position"
+            + _on_conflict(self.table, self.replace, self.add)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +120,7 @@ def create_unchanged_check(connection: Connection) -> None:
 @dataclass(slots=True)
 class _Write:
     shape: _Shape | CheckedWrite
-    params: dict[str, list[Any]]  # an array per column, or the rows of a document (`rows`)
+    params: dict[str, Any]  # an array per column (a JSON document for sparse rows)
     on_rows: list[OnRows] = field(default_factory=list)
 
     def joins(self, other: _Write) -> bool:
@@ -182,10 +168,8 @@ async def write_rows(
         if on_rows is not None:
             on_rows(result.all())
         return
-    document = travels_as_document(table, rows, columns)
-    shape = _Shape(table, columns, replace=replaced, add=added, returning=tuple(returning), document=document)
-    params = {"rows": list(rows)} if document else column_arrays(table, rows, columns)
-    await _keep(session, _Write(shape, params, [on_rows] if on_rows else []))
+    shape = _Shape(table, columns, replace=replaced, add=added, returning=tuple(returning))
+    await _keep(session, _Write(shape, column_arrays(table, rows, columns), [on_rows] if on_rows else []))
 
 
 async def add_to_rows(
@@ -209,9 +193,15 @@ async def add_to_rows(
     if not _on_postgres(session):
         await write_rows(session, table, [{name: row.get(name, 0) for name in columns} for row in rows], add=added)
         return
-    if not travels_as_document(table, rows, columns):
-        raise ValueError(f"{table.name}'s rows cannot travel as JSON")
-    await _keep(session, _Write(_Shape(table, columns, add=added, document=True, sparse=True), {"rows": list(rows)}))
+    shape = _Shape(table, columns, add=added, sparse=True)
+    await _keep(session, _Write(shape, {"rows": orjson.dumps(list(rows), default=_json_amount).decode()}))
+
+
+def _json_amount(value: Any) -> str:
+    # Decimal amounts as JSON strings: PostgreSQL reads them into NUMERIC exactly.
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not an amount")
 
 
 async def update_rows(
@@ -232,9 +222,7 @@ async def update_rows(
             [{f"{'key' if name in matched else 'new'}_{name}": row[name] for name in columns} for row in rows],
         )
         return
-    document = travels_as_document(table, rows, columns)
-    params = {"rows": list(rows)} if document else column_arrays(table, rows, columns)
-    await _keep(session, _Write(_Shape(table, columns, key=matched, document=document), params))
+    await _keep(session, _Write(_Shape(table, columns, key=matched), column_arrays(table, rows, columns)))
 
 
 async def write_checked(session: AsyncSession, write: CheckedWrite, params: Mapping[str, Sequence[Any]]) -> None:
@@ -280,12 +268,9 @@ def _send_before_statement(state: ORMExecuteState) -> None:
 
 
 def _statement(kept: Sequence[_Write]) -> tuple[TextClause, dict[str, Any]]:
-    params: dict[str, Any] = {}
-    for index, write in enumerate(kept):
-        if isinstance(write.shape, _Shape) and write.shape.document:
-            params[f"w{index}_rows"] = json_document(write.params["rows"])
-        else:
-            params.update((f"w{index}_{name}", values) for name, values in write.params.items())
+    params: dict[str, Any] = {
+        f"w{index}_{name}": values for index, write in enumerate(kept) for name, values in write.params.items()
+    }
     for index, write in enumerate(kept):
         if isinstance(write.shape, CheckedWrite):
             params[f"w{index}__expected"] = len(next(iter(write.params.values()), []))

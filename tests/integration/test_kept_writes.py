@@ -3,7 +3,6 @@ statement, and nothing a caller can observe differs from running each at once (a
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -12,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Column, Float, Integer, MetaData, Numeric, String, Table, event, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlalchemy import JSON, Column, Integer, MetaData, Numeric, String, Table, event, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import Migration, UtcDateTime, create_tables, make_engine, make_sessions, migrate
@@ -33,7 +32,6 @@ notes = Table(
     Column("body", JSON, nullable=False),
     Column("written_at", UtcDateTime(), nullable=False),
     Column("tally", Integer),
-    Column("weight", Float),
 )
 tallies = Table("tallies", metadata, Column("name", String(50), primary_key=True), Column("count", Integer))
 # Running totals, most of which a write leaves alone (add_to_rows).
@@ -192,25 +190,6 @@ async def test_sparse_rows_add_what_they_give_and_travel_with_the_other_writes(e
     with pytest.raises(ValueError, match="count_9"):
         async with uow.transaction() as tx:
             await add_to_rows(tx.session, totals, [{"day": "d1", "name": "a", "count_9": 1}], add=TOTALS)
-
-
-async def test_values_json_has_no_form_for_are_stored_as_given_and_naive_instants_refused(engine: AsyncEngine) -> None:
-    """Rows travel as one JSON document on PostgreSQL unless a value has no JSON form (NaN, infinity): those rows go
-    as arrays, stored the same."""
-    uow = UnitOfWork(make_sessions(engine), metadata, source="/baton/test")
-    async with uow.transaction() as tx:
-        await write_rows(tx.session, notes, [note(1, weight=1.5), note(2, weight=None)])
-        await write_rows(tx.session, tallies, [{"name": "x", "count": 1}])
-        await write_rows(tx.session, notes, [note(3, weight=math.nan), note(4, weight=math.inf)])
-    async with uow.read() as session:
-        weights = list(await session.scalars(select(notes.c.weight).order_by(notes.c.note_id)))
-    assert weights[:2] == [1.5, None]
-    assert weights[3] == math.inf
-    if engine.dialect.name == "postgresql":  # SQLite keeps no NaN: it stores NULL
-        assert math.isnan(weights[2])
-    with pytest.raises((ValueError, StatementError), match="naive datetime"):
-        async with uow.transaction() as tx:
-            await write_rows(tx.session, notes, [note(5, written_at=datetime(2026, 11, 30, 9))])
 
 
 async def test_a_kept_write_that_fails_fails_the_transaction_and_writes_nothing(engine: AsyncEngine) -> None:
