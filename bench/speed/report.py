@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
 from speed.load import STAGES
 
-CPU_COLUMNS = ("lead_intake", "scoring", "routing", "feedback", "kafka", "postgres", "bench")
+CPU_COLUMNS = ("lead_intake", "scoring", "routing", "feedback", "kafka", "postgres", "bench", "other", "steal", "idle")
 
 
 def _ms(value: float | None) -> str:
@@ -63,7 +63,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines = [
         "speed to lead in ms (202 received -> first assigned/unassigned seen on leads.routed); unans = timed out or "
         "shed (every connection busy); http99 = p99 of the "
-        "202 from the scheduled send; CPU in % of one core (2 cores = 200 %), mean over the phase",
+        "202 from the scheduled send; CPU in % of one core (2 cores = 200 %), mean over the phase; other = "
+        "processes beside Baton and the bench, steal = CPU the hypervisor gave to other guests, idle = unused: a "
+        "phase with steal high ran on less than two cores",
         "max sustained: "
         + ", ".join(
             f"{step['rate']:.0f}/s {'ok' if step['sustained'] else 'NO (' + step['reason'] + ')'}"
