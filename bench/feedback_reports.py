@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.errors import KafkaError  # noqa: E402
 from sqlalchemy import ColumnElement, and_, func, literal, select  # noqa: E402
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from services.feedback import reports  # noqa: E402
 from services.feedback.aggregates import (  # noqa: E402
@@ -53,10 +53,11 @@ from services.feedback.aggregates import (  # noqa: E402
 )
 from services.feedback.report_store import summed_cells  # noqa: E402
 from services.feedback.store import MIGRATIONS, MONTHLY_ROLLUP_SQL, lead_cards, report_cells  # noqa: E402
-from shared.db import make_engine, make_sessions, migrate  # noqa: E402
+from shared.db import make_engine, migrate  # noqa: E402
 from shared.envelope import utc_now  # noqa: E402
 from shared.events import LeadCapturedV1, LeadRoutedV1, LeadScoredV1  # noqa: E402
 from shared.kafka import ensure_topics  # noqa: E402
+from shared.sessions import Sessions, make_sessions  # noqa: E402
 from shared.topics import ALL_TOPICS  # noqa: E402
 from tests.support.infra import KafkaBroker, PostgresServer, free_port  # noqa: E402
 
@@ -96,7 +97,6 @@ LOST_REASONS = ("price", "no_budget", "timing", "competitor", "no_decision", "mi
 DQ_REASONS = ("student", "spam", "too_small", "no_need")
 
 Key = tuple[str, str, str]  # (day, dimension, value)
-Sessions = async_sessionmaker[AsyncSession]
 
 
 class Timing(NamedTuple):

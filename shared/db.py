@@ -1,4 +1,4 @@
-"""Engines, session factories and versioned migrations. Nothing here is built at import time."""
+"""Engines, session factories (shared.sessions) and versioned migrations. Nothing here is built at import time."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
@@ -211,11 +211,6 @@ def _make_sqlite_engine(url: str) -> AsyncEngine:
         cursor.close()
 
     return engine
-
-
-def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Session factory; objects stay usable after commit so handlers can answer from them."""
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 def advisory_lock_key(name: str) -> int:

@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.sessions import DbSession
 
 _KEY = "baton.first_write"
 # What a SELECT may call that does more than read: it must run in the transaction.
@@ -97,7 +99,7 @@ def _before_cursor_execute(connection: Any, _cursor: Any, statement: str, *_: An
         first_write.before(statement)
 
 
-async def last_statement_next(session: AsyncSession) -> None:
+async def last_statement_next(session: DbSession) -> None:
     """The session's next statement is the last of its transaction: if nothing began yet, it runs alone, as a
     transaction of its own (no BEGIN, no COMMIT)."""
     if session.get_bind().dialect.name != "postgresql":

@@ -23,10 +23,10 @@ from aiokafka.errors import IllegalStateError
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import Table, func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.envelope import utc_now
+from shared.sessions import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ async def sample_consumer_lag(consumer: Any, partitions: Iterable[TopicPartition
             metrics.consumer_lag.labels(partition.topic, str(partition.partition)).set(max(highwater - position, 0))
 
 
-async def sample_outbox_backlog(sessions: async_sessionmaker[AsyncSession], outbox: Table) -> None:
+async def sample_outbox_backlog(sessions: Sessions, outbox: Table) -> None:
     """Refresh the backlog gauges with one query, at most once a second; a failing database leaves them as they
     were (the relay reports the outage)."""
     metrics = _current.get()

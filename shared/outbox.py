@@ -15,13 +15,14 @@ from itertools import islice
 
 from sqlalchemy import BigInteger, MetaData, Row, Table, Update, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import advisory_lock_key, is_postgres
 from shared.envelope import utc_now
 from shared.failpoints import Failpoints
 from shared.kafka import OutboundRecord, Publisher
 from shared.metrics import count_produced, sample_outbox_backlog
+from shared.sessions import Sessions
 from shared.tables import OUTBOX
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class OutboxRelay:
         self,
         *,
         engine: AsyncEngine,
-        sessions: async_sessionmaker[AsyncSession],
+        sessions: Sessions,
         metadata: MetaData,
         publisher: Publisher,
         lock_name: str,

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Column, MetaData, Select, String, Table, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import UtcDateTime, among
 from shared.envelope import utc_now
+from shared.sessions import DbSession
 
 ERASED_LEADS = "erased_leads"
 # Fields of a lead (LeadCapturedV1 and copies of it in other services) that identify a person.
@@ -58,7 +58,7 @@ def scrub(text: str, values: Iterable[str]) -> str:
     return text
 
 
-async def mark_erased(session: AsyncSession, metadata: MetaData, *, lead_id: str) -> bool:
+async def mark_erased(session: DbSession, metadata: MetaData, *, lead_id: str) -> bool:
     """Record the tombstone; False if the lead was already erased here."""
     table = metadata.tables[ERASED_LEADS]
     if await session.scalar(select(table.c.lead_id).where(table.c.lead_id == lead_id)) is not None:
@@ -73,7 +73,7 @@ def _erased_among(table: Table, dialect: str) -> Select[tuple[str]]:
     return select(table.c.lead_id).where(among(table.c.lead_id, "lead_ids", dialect))
 
 
-async def erased_among(session: AsyncSession, metadata: MetaData, *, lead_ids: Sequence[str]) -> set[str]:
+async def erased_among(session: DbSession, metadata: MetaData, *, lead_ids: Sequence[str]) -> set[str]:
     """Which of `lead_ids` were erased (so anything personal about them must not be stored)."""
     if not lead_ids:
         return set()
@@ -81,13 +81,13 @@ async def erased_among(session: AsyncSession, metadata: MetaData, *, lead_ids: S
     return set((await session.scalars(query, {"lead_ids": list(lead_ids)})).all())
 
 
-async def is_erased(session: AsyncSession, metadata: MetaData, *, lead_id: str) -> bool:
+async def is_erased(session: DbSession, metadata: MetaData, *, lead_id: str) -> bool:
     """True if the lead was erased (so anything personal about it must not be stored)."""
     table = metadata.tables[ERASED_LEADS]
     return await session.scalar(select(table.c.lead_id).where(table.c.lead_id == lead_id)) is not None
 
 
-async def forget_sent_events(session: AsyncSession, metadata: MetaData, *, lead_id: str) -> None:
+async def forget_sent_events(session: DbSession, metadata: MetaData, *, lead_id: str) -> None:
     """Delete the lead's outbox rows already published (their payloads carry personal data)."""
     outbox = metadata.tables["outbox"]
     await session.execute(

@@ -14,12 +14,13 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.consumer import EventConsumer, Handler
-from shared.db import Migration, PostgresTls, make_engine, make_sessions, migrate
+from shared.db import Migration, PostgresTls, make_engine, migrate
 from shared.failpoints import Failpoints
 from shared.kafka import KafkaPublisher, KafkaSecurity, broker_reachable, ensure_topics
 from shared.metrics import ServiceMetrics, metrics_context
 from shared.outbox import OutboxRelay, notify_channel_for
 from shared.retention import pruner
+from shared.sessions import make_sessions
 from shared.settings import ServiceSettings
 from shared.topics import ALL_TOPICS, dead_letter_topic
 from shared.uow import UnitOfWork

@@ -11,13 +11,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Executable, MetaData, Table, TextClause, text
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.envelope import CloudEvent, utc_now
 from shared.events import EventPayload
 from shared.first_write import last_statement_next
 from shared.kafka import OutboundRecord
 from shared.outbox import CommittedEvent
+from shared.sessions import DbSession, Sessions
 from shared.tables import INBOX, OUTBOX
 from shared.tracing import trace_headers
 from shared.writes import send_writes, write_rows
@@ -29,7 +29,7 @@ class Transaction:
     """One open database transaction of a service; records outbox and inbox rows beside the effect."""
 
     def __init__(
-        self, session: AsyncSession, *, source: str, statements: MessagingStatements, outbox: Table, inbox: Table
+        self, session: DbSession, *, source: str, statements: MessagingStatements, outbox: Table, inbox: Table
     ) -> None:
         self.session = session
         self._outbox = outbox
@@ -167,7 +167,7 @@ class UnitOfWork:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        sessions: Sessions,
         metadata: MetaData,
         *,
         source: str,
@@ -212,7 +212,7 @@ class UnitOfWork:
         elif tx.emitted:
             self.on_emit()
 
-    def _statements_for(self, session: AsyncSession) -> MessagingStatements:
+    def _statements_for(self, session: DbSession) -> MessagingStatements:
         dialect = session.get_bind().dialect.name
         if dialect not in self._statements:
             self._statements[dialect] = MessagingStatements.build(
@@ -223,7 +223,7 @@ class UnitOfWork:
         return self._statements[dialect]
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
+    async def read(self) -> AsyncIterator[DbSession]:
         """A session for queries that change nothing."""
         async with self._sessions() as session:
             yield session

@@ -35,11 +35,10 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Executable, Row, Table, TextClause, bindparam, event, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy import Connection, Executable, Row, Table, TextClause, bindparam, text, update
 
 from shared.db import column_arrays, record_type, unnest_arrays, unnest_columns
+from shared.sessions import DbSession
 
 _KEPT = "baton.kept_writes"
 
@@ -139,7 +138,7 @@ class _Write:
 
 
 async def write_rows(
-    session: AsyncSession,
+    session: DbSession,
     table: Table,
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -173,7 +172,7 @@ async def write_rows(
 
 
 async def add_to_rows(
-    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *, add: Sequence[str]
+    session: DbSession, table: Table, rows: Sequence[Mapping[str, Any]], *, add: Sequence[str]
 ) -> None:
     """Insert `rows` into `table`, in order, or add their amounts to the `add` columns of the row with their primary
     key (no two rows may share one). A row gives its primary key and the amounts it adds: an `add` column it leaves
@@ -205,7 +204,7 @@ def _json_amount(value: Any) -> str:
 
 
 async def update_rows(
-    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str]
+    session: DbSession, table: Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str]
 ) -> None:
     """Set the other columns of `rows` (one shape) on the rows of `table` matching their `key` columns."""
     if not rows:
@@ -225,7 +224,7 @@ async def update_rows(
     await _keep(session, _Write(_Shape(table, columns, key=matched), column_arrays(table, rows, columns)))
 
 
-async def write_checked(session: AsyncSession, write: CheckedWrite, params: Mapping[str, Sequence[Any]]) -> None:
+async def write_checked(session: DbSession, write: CheckedWrite, params: Mapping[str, Sequence[Any]]) -> None:
     """Keep `write` with `params` (arrays of one length: the rows given, none: nothing to write); the statement
     sending it fails with an IntegrityError unless it changes one row for each. PostgreSQL only."""
     if not _on_postgres(session):
@@ -238,15 +237,16 @@ async def write_checked(session: AsyncSession, write: CheckedWrite, params: Mapp
         await _keep(session, _Write(write, arrays))
 
 
-async def send_writes(session: AsyncSession) -> None:
+async def send_writes(session: DbSession) -> None:
     """Send the writes kept so far (before a commit: the session runs nothing else that would)."""
     kept: list[_Write] | None = session.info.pop(_KEPT, None)
+    session.before_next_statement = None
     if kept:
         statement, params = _statement(kept)
         _deliver(kept, (await session.execute(statement, params)).all())
 
 
-async def _keep(session: AsyncSession, write: _Write) -> None:
+async def _keep(session: DbSession, write: _Write) -> None:
     kept: list[_Write] = session.info.setdefault(_KEPT, [])
     same_table = next((other for other in kept if other.shape.table is write.shape.table), None)
     if same_table is not None and same_table.joins(write):
@@ -256,15 +256,8 @@ async def _keep(session: AsyncSession, write: _Write) -> None:
         await send_writes(session)
         kept = session.info.setdefault(_KEPT, [])
     kept.append(write)
-
-
-@event.listens_for(Session, "do_orm_execute")
-def _send_before_statement(state: ORMExecuteState) -> None:
-    """Whatever a session runs, the writes it kept go first."""
-    kept: list[_Write] | None = state.session.info.pop(_KEPT, None)
-    if kept:
-        statement, params = _statement(kept)
-        _deliver(kept, state.session.execute(statement, params).all())
+    # Whatever the session runs next, the writes it kept go first.
+    session.before_next_statement = send_writes
 
 
 def _statement(kept: Sequence[_Write]) -> tuple[TextClause, dict[str, Any]]:
@@ -309,7 +302,7 @@ def _deliver(kept: Sequence[_Write], rows: Sequence[Row[Any]]) -> None:
             on_rows(written)
 
 
-def _on_postgres(session: AsyncSession) -> bool:
+def _on_postgres(session: DbSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 

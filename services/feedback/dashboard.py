@@ -20,12 +20,12 @@ from string import Template
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.feedback.store import goals, timeline
 from shared.app import UowDep
 from shared.auth import PrincipalDep
 from shared.problems import ProblemError
+from shared.sessions import DbSession
 from shared.uow import UnitOfWork
 
 router = APIRouter(tags=["dashboard"])
@@ -55,7 +55,7 @@ class DataMark:
     last_goal_at: datetime | None
 
 
-async def data_mark(session: AsyncSession) -> DataMark:
+async def data_mark(session: DbSession) -> DataMark:
     """One cheap query: every event that changes a card also appends to the timeline."""
     query = select(
         select(func.max(timeline.c.id)).scalar_subquery(),

@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.feedback import goals, report_store
 from services.feedback.aggregates import DIMENSIONS
@@ -19,6 +18,7 @@ from services.feedback.reports import MAX_RANGE_DAYS
 from shared.app import UowDep
 from shared.auth import AdminDep, PrincipalDep
 from shared.problems import ProblemError
+from shared.sessions import DbSession
 
 router = APIRouter(prefix="/v1", tags=["goals"])
 
@@ -124,7 +124,7 @@ async def delete_goal(goal_id: str, uow: UowDep, _: AdminDep) -> Response:
     return Response(status_code=204)
 
 
-async def _with_progress(session: AsyncSession, row: dict[str, Any]) -> GoalOut:
+async def _with_progress(session: DbSession, row: dict[str, Any]) -> GoalOut:
     start, end = date.fromisoformat(row["period_start"]), date.fromisoformat(row["period_end"])
     today = datetime.now(UTC).date()
     until = goals.measured_until(start, end, today=today)

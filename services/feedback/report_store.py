@@ -7,15 +7,13 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.feedback.aggregates import METRICS, LeadCard
 from services.feedback.store import card_from_row, goals, lead_cards, report_cells, report_cells_monthly
+from shared.sessions import DbSession
 
 
-async def summed_cells(
-    session: AsyncSession, *, dimension: str, day_from: str, day_to: str
-) -> dict[str, dict[str, Any]]:
+async def summed_cells(session: DbSession, *, dimension: str, day_from: str, day_to: str) -> dict[str, dict[str, Any]]:
     """Every metric summed per value of `dimension` over capture days [day_from, day_to] (ISO dates, inclusive):
     whole months from the monthly rollup, the days at either end from the daily cells."""
     months, edges = split_range(date.fromisoformat(day_from), date.fromisoformat(day_to))
@@ -61,9 +59,7 @@ def _add_rows(totals: dict[str, dict[str, Any]], rows: Iterable[Any]) -> None:
 # --- goals and lead search (reports_api, goals_api, search_api) ------------------------------------------------------
 
 
-async def summed_cell(
-    session: AsyncSession, *, dimension: str, value: str, day_from: str, day_to: str
-) -> dict[str, Any]:
+async def summed_cell(session: DbSession, *, dimension: str, value: str, day_from: str, day_to: str) -> dict[str, Any]:
     """Every metric of one (dimension, value) summed over capture days [day_from, day_to] (zeros without data)."""
     columns = [func.sum(report_cells.c[name]).label(name) for name in METRICS]
     query = select(*columns).where(
@@ -76,12 +72,12 @@ async def summed_cell(
     return {name: row[name] or 0 for name in METRICS}
 
 
-async def insert_goal(session: AsyncSession, **values: Any) -> None:
+async def insert_goal(session: DbSession, **values: Any) -> None:
     """Store a goal."""
     await session.execute(goals.insert().values(**values))
 
 
-async def load_goals(session: AsyncSession, *, goal_id: str | None = None) -> list[dict[str, Any]]:
+async def load_goals(session: DbSession, *, goal_id: str | None = None) -> list[dict[str, Any]]:
     """Every goal (or the one with `goal_id`), oldest first."""
     query = select(goals).order_by(goals.c.created_at, goals.c.goal_id)
     if goal_id is not None:
@@ -89,14 +85,14 @@ async def load_goals(session: AsyncSession, *, goal_id: str | None = None) -> li
     return [dict(row) for row in (await session.execute(query)).mappings()]
 
 
-async def delete_goal(session: AsyncSession, *, goal_id: str) -> bool:
+async def delete_goal(session: DbSession, *, goal_id: str) -> bool:
     """Remove a goal; False if there was none."""
     result = await session.execute(delete(goals).where(goals.c.goal_id == goal_id))
     return bool(getattr(result, "rowcount", 0))
 
 
 async def search_cards(
-    session: AsyncSession,
+    session: DbSession,
     *,
     equals: Mapping[str, str],
     captured_from: datetime | None,

@@ -28,13 +28,13 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.feedback.aggregates import AMOUNT_METRICS, METRICS, CellSums, Delta, LeadCard, add_amounts, changes
 from services.feedback.domain import JourneyStep
 from shared import privacy
 from shared.db import Migration, UtcDateTime, among, create_tables
 from shared.privacy import ERASED_LEADS, add_privacy_tables, scrub
+from shared.sessions import DbSession
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import add_to_rows, write_rows
 
@@ -202,14 +202,14 @@ def card_from_row(row: Mapping[str, Any]) -> LeadCard:
     return LeadCard(**values)
 
 
-async def load_card(session: AsyncSession, *, lead_id: str, for_update: bool = False) -> LeadCard | None:
+async def load_card(session: DbSession, *, lead_id: str, for_update: bool = False) -> LeadCard | None:
     """The lead's card, locked for this transaction with `for_update`."""
     query = select(lead_cards).where(lead_cards.c.lead_id == lead_id)
     row = (await session.execute(query.with_for_update() if for_update else query)).mappings().first()
     return card_from_row(dict(row)) if row else None
 
 
-async def load_cards(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, LeadCard]:
+async def load_cards(session: DbSession, *, lead_ids: Sequence[str]) -> dict[str, LeadCard]:
     """The cards of these leads (those that have one), locked for this transaction, in lead id order so that two
     transactions locking overlapping leads queue instead of deadlocking."""
     if not lead_ids:
@@ -224,7 +224,7 @@ def _cards_locked(dialect: str) -> Any:
     return select(lead_cards).where(among_leads).order_by(lead_cards.c.lead_id).with_for_update()
 
 
-async def save_cards(session: AsyncSession, *, new: Sequence[LeadCard], changed: Sequence[LeadCard]) -> None:
+async def save_cards(session: DbSession, *, new: Sequence[LeadCard], changed: Sequence[LeadCard]) -> None:
     """Store many cards with the transaction's other writes (shared.writes): the new ones inserted, so a card another
     transaction made meanwhile fails this one instead of being overwritten; the changed ones, locked by load_cards,
     upserted on their primary key (the report cells are the caller's: see add_changes_to_cells).
@@ -239,7 +239,7 @@ async def save_cards(session: AsyncSession, *, new: Sequence[LeadCard], changed:
 _CARD_CHANGES = tuple(column.name for column in lead_cards.c if column.name != "lead_id")
 
 
-async def save_card(session: AsyncSession, before: LeadCard | None, after: LeadCard) -> None:
+async def save_card(session: DbSession, before: LeadCard | None, after: LeadCard) -> None:
     """Store the card and move the report cells by the difference it makes."""
     await save_cards(
         session, new=[after] if before is None else [], changed=[after] if before not in (None, after) else []
@@ -247,7 +247,7 @@ async def save_card(session: AsyncSession, before: LeadCard | None, after: LeadC
     await add_to_cells(session, changes(before, after))
 
 
-async def add_to_cells(session: AsyncSession, deltas: Sequence[Delta]) -> None:
+async def add_to_cells(session: DbSession, deltas: Sequence[Delta]) -> None:
     """Add each delta to its daily cell and to the month's rollup (created at zero if new)."""
     sums: CellSums = {}
     for delta in deltas:
@@ -255,7 +255,7 @@ async def add_to_cells(session: AsyncSession, deltas: Sequence[Delta]) -> None:
     await add_cell_sums(session, sums)
 
 
-async def add_cell_sums(session: AsyncSession, sums: CellSums) -> None:
+async def add_cell_sums(session: DbSession, sums: CellSums) -> None:
     """Add what a batch's cards add to their daily cells (aggregates.add_change) to those cells and to their months'
     rollups: every distinct cell upserted once (created at zero if new), with the transaction's other writes, in key
     order (two transactions of replicas lock shared cells in one order). The amounts are exact
@@ -286,7 +286,7 @@ def _sqlite_bound(amounts: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def hold_outcome(
-    session: AsyncSession, *, outcome_id: str, lead_id: str, event: dict[str, Any], at: datetime
+    session: DbSession, *, outcome_id: str, lead_id: str, event: dict[str, Any], at: datetime
 ) -> None:
     """Keep an outcome whose lead is not known yet."""
     await session.execute(
@@ -294,7 +294,7 @@ async def hold_outcome(
     )
 
 
-async def hold_outcomes(session: AsyncSession, *, events: Sequence[Mapping[str, Any]], at: datetime) -> None:
+async def hold_outcomes(session: DbSession, *, events: Sequence[Mapping[str, Any]], at: datetime) -> None:
     """Keep many outcomes whose leads are not known yet, with one statement; each is received a microsecond after
     the one before it, so they are taken back in the order they came."""
     if events:
@@ -306,7 +306,7 @@ async def hold_outcomes(session: AsyncSession, *, events: Sequence[Mapping[str, 
         await write_rows(session, pending_outcomes, rows)
 
 
-async def take_pending_outcomes(session: AsyncSession, *, lead_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+async def take_pending_outcomes(session: DbSession, *, lead_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """The outcomes waiting for these leads, per lead, oldest first, removed."""
     if not lead_ids:
         return {}
@@ -331,7 +331,7 @@ def _release_pending(dialect: str) -> Any:
     return delete(pending_outcomes).where(among(pending_outcomes.c.lead_id, "lead_ids", dialect))
 
 
-async def known_leads_with_held_outcomes(session: AsyncSession, *, held_before: datetime, limit: int) -> list[str]:
+async def known_leads_with_held_outcomes(session: DbSession, *, held_before: datetime, limit: int) -> list[str]:
     """Leads that have a card and outcomes held since before `held_before` (at most `limit`, oldest hold first).
 
     A lead's capture takes its held outcomes when it makes the card, so normally none are left. Two replicas can
@@ -349,12 +349,12 @@ async def known_leads_with_held_outcomes(session: AsyncSession, *, held_before: 
     return list((await session.execute(query)).scalars())
 
 
-async def add_step(session: AsyncSession, *, event_id: str, step: JourneyStep) -> None:
+async def add_step(session: DbSession, *, event_id: str, step: JourneyStep) -> None:
     """Append a step to the lead's journey."""
     await session.execute(timeline.insert().values(event_id=event_id, **asdict(step)))
 
 
-async def add_steps(session: AsyncSession, *, steps: Sequence[tuple[str, JourneyStep]]) -> None:
+async def add_steps(session: DbSession, *, steps: Sequence[tuple[str, JourneyStep]]) -> None:
     """Append many (event id, step) pairs to their leads' journeys, in order, with the transaction's other writes."""
     await write_rows(session, timeline, [{"event_id": event_id, **_step_values(step)} for event_id, step in steps])
 
@@ -363,28 +363,28 @@ def _step_values(step: JourneyStep) -> dict[str, Any]:
     return {name: getattr(step, name) for name in _STEP_FIELDS}
 
 
-async def erased_among(session: AsyncSession, *, lead_ids: Sequence[str]) -> set[str]:
+async def erased_among(session: DbSession, *, lead_ids: Sequence[str]) -> set[str]:
     """Which of these leads were erased."""
     return await privacy.erased_among(session, metadata, lead_ids=lead_ids)
 
 
-async def load_journey(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:
+async def load_journey(session: DbSession, *, lead_id: str) -> list[dict[str, Any]]:
     """The lead's steps in the order they happened."""
     statement = select(timeline).where(timeline.c.lead_id == lead_id).order_by(timeline.c.occurred_at, timeline.c.id)
     return [dict(row) for row in (await session.execute(statement)).mappings()]
 
 
-async def find_outcome_id(session: AsyncSession, *, external_id: str) -> str | None:
+async def find_outcome_id(session: DbSession, *, external_id: str) -> str | None:
     """The outcome already recorded under a sales tool's own event id."""
     return await session.scalar(select(outcomes.c.outcome_id).where(outcomes.c.external_id == external_id))
 
 
-async def insert_outcome(session: AsyncSession, **values: Any) -> None:
+async def insert_outcome(session: DbSession, **values: Any) -> None:
     """Store an outcome."""
     await session.execute(outcomes.insert().values(**values))
 
 
-async def scrub_journey(session: AsyncSession, *, lead_id: str, values: Sequence[str]) -> None:
+async def scrub_journey(session: DbSession, *, lead_id: str, values: Sequence[str]) -> None:
     """Replace personal values in the reasons and details of the lead's journey."""
     if not values:
         return

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_intake.store import api_keys
 from shared.auth import Principal
 from shared.envelope import utc_now
+from shared.sessions import DbSession
 from shared.uow import UnitOfWork
 
 KeyKind = Literal["form", "server"]
@@ -71,7 +71,7 @@ async def create_key(uow: UnitOfWork, *, name: str, kind: KeyKind, origins: list
     return IssuedKey(key_id=key_id, kind=kind, secret=f"{KEY_PREFIX}_{key_id}_{secret}")
 
 
-async def list_keys(session: AsyncSession) -> list[dict[str, Any]]:
+async def list_keys(session: DbSession) -> list[dict[str, Any]]:
     """Every key, without secrets."""
     query = select(api_keys).order_by(api_keys.c.created_at)
     return [{k: v for k, v in row.items() if k != "secret_hash"} for row in (await session.execute(query)).mappings()]

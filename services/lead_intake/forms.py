@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_intake.store import forms
 from shared.envelope import utc_now
+from shared.sessions import DbSession
 from shared.uow import UnitOfWork
 
 DEFAULT_HONEYPOT_FIELD = "_gotcha"
@@ -67,7 +67,7 @@ async def delete_form(uow: UnitOfWork, form_id: str) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-async def load_forms(session: AsyncSession) -> dict[str, FormPolicy]:
+async def load_forms(session: DbSession) -> dict[str, FormPolicy]:
     """Every registered form, by id."""
     return {row["form_id"]: _policy(row) for row in (await session.execute(select(forms))).mappings()}
 

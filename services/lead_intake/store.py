@@ -26,7 +26,6 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.lead_intake.domain import LEAD_FIELDS, Lead, lead_values
 from shared.db import (
@@ -40,6 +39,7 @@ from shared.db import (
     unnest_columns,
 )
 from shared.privacy import ERASED_LEADS, add_privacy_tables
+from shared.sessions import DbSession
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import CheckedWrite, create_unchanged_check, write_checked, write_rows
 
@@ -179,7 +179,7 @@ def _row_of(lead: Lead) -> dict[str, Any]:
     return values
 
 
-async def find_lead_by_email(session: AsyncSession, *, email: str) -> Lead | None:
+async def find_lead_by_email(session: DbSession, *, email: str) -> Lead | None:
     """The lead with this (normalised) email, if any."""
     row = (await session.execute(select(leads).where(leads.c.email == email))).mappings().first()
     return _lead_of(row) if row else None
@@ -207,17 +207,17 @@ _RELEASE_HELD = {
 }
 
 
-def _dialect(session: AsyncSession) -> str:
+def _dialect(session: DbSession) -> str:
     return "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"
 
 
-async def find_leads_by_email(session: AsyncSession, *, emails: list[str]) -> dict[str, Lead]:
+async def find_leads_by_email(session: DbSession, *, emails: list[str]) -> dict[str, Lead]:
     """The known leads among `emails`, by email."""
     rows = (await session.execute(_LEADS_BY_EMAIL[_dialect(session)], {"emails": emails})).mappings()
     return {row["email"]: _lead_of(row) for row in rows}
 
 
-async def find_leads_noting_held(session: AsyncSession, *, emails: list[str]) -> tuple[dict[str, Lead], bool]:
+async def find_leads_noting_held(session: DbSession, *, emails: list[str]) -> tuple[dict[str, Lead], bool]:
     """`find_leads_by_email`, and whether any activity is held for one of `emails`, in one round trip (a batch
     whose emails have none, nearly all, need not take any)."""
     found, held = {}, False
@@ -229,23 +229,23 @@ async def find_leads_noting_held(session: AsyncSession, *, emails: list[str]) ->
     return found, held
 
 
-async def lead_exists(session: AsyncSession, *, lead_id: str) -> str | None:
+async def lead_exists(session: DbSession, *, lead_id: str) -> str | None:
     """The email of the lead with this id, if it exists."""
     return await session.scalar(select(leads.c.email).where(leads.c.lead_id == lead_id))
 
 
-async def load_lead(session: AsyncSession, *, lead_id: str) -> Lead | None:
+async def load_lead(session: DbSession, *, lead_id: str) -> Lead | None:
     """The lead with this id, if any."""
     row = (await session.execute(select(leads).where(leads.c.lead_id == lead_id))).mappings().first()
     return _lead_of(row) if row else None
 
 
-async def insert_leads(session: AsyncSession, *, new_leads: list[Lead]) -> None:
+async def insert_leads(session: DbSession, *, new_leads: list[Lead]) -> None:
     """Store new leads with one statement (sent with the transaction's other writes: shared.writes)."""
     await write_rows(session, leads, [{**_row_of(lead), "updated_at": lead.captured_at} for lead in new_leads])
 
 
-async def insert_unknown_leads(session: AsyncSession, *, new_leads: list[Lead]) -> None:
+async def insert_unknown_leads(session: DbSession, *, new_leads: list[Lead]) -> None:
     """`insert_leads` for leads whose emails were not looked up, as a checked write (shared.writes): an email
     stored already fails it as ever (unique), and so does one with activities held for it (IntegrityError either
     way, nothing written); the caller then captures the batch again, reading first. PostgreSQL only."""
@@ -267,29 +267,29 @@ def _insert_unheld(columns: tuple[str, ...]) -> CheckedWrite:
     )
 
 
-async def update_lead(session: AsyncSession, *, lead: Lead, changed: list[str], at: datetime) -> None:
+async def update_lead(session: DbSession, *, lead: Lead, changed: list[str], at: datetime) -> None:
     """Store the changed fields of a merged lead."""
     values = {name: value for name, value in _row_of(lead).items() if name in changed}
     await session.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(**values, updated_at=at))
 
 
-async def add_history(session: AsyncSession, *, entries: list[dict[str, Any]]) -> None:
+async def add_history(session: DbSession, *, entries: list[dict[str, Any]]) -> None:
     """Keep what resubmissions changed: rows of lead_id, changed_at, source, changes."""
     await write_rows(session, lead_history, entries)
 
 
-async def load_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:
+async def load_history(session: DbSession, *, lead_id: str) -> list[dict[str, Any]]:
     """Every change of a lead, oldest first."""
     query = select(lead_history).where(lead_history.c.lead_id == lead_id).order_by(lead_history.c.id)
     return [dict(row) for row in (await session.execute(query)).mappings()]
 
 
-async def hold_activity(session: AsyncSession, **values: Any) -> None:
+async def hold_activity(session: DbSession, **values: Any) -> None:
     """Keep an activity of an unknown email until a lead with that email arrives."""
     await session.execute(held_activities.insert().values(**values))
 
 
-async def take_held_activities(session: AsyncSession, *, emails: list[str]) -> dict[str, list[dict[str, Any]]]:
+async def take_held_activities(session: DbSession, *, emails: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Remove and return the activities held for these emails, oldest first, by email."""
     if not emails:
         return {}
@@ -302,7 +302,7 @@ async def take_held_activities(session: AsyncSession, *, emails: list[str]) -> d
     return held
 
 
-async def erase_lead(session: AsyncSession, *, lead_id: str, personal: Sequence[str]) -> str | None:
+async def erase_lead(session: DbSession, *, lead_id: str, personal: Sequence[str]) -> str | None:
     """Remove the lead's personal data, keep the rest; returns the erased email, or None if there is no lead."""
     email = await session.scalar(select(leads.c.email).where(leads.c.lead_id == lead_id))
     if email is None:

@@ -35,11 +35,11 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.reps import Absence, Load, Rep, WorkingHours, parse_week
 from shared.db import Migration, UtcDateTime, add_columns, among, create_tables, few_enough, json_text
 from shared.privacy import ERASED_LEADS, add_privacy_tables, strip_personal
+from shared.sessions import DbSession
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import CheckedWrite, create_unchanged_check, update_rows, write_checked, write_rows
 
@@ -48,7 +48,7 @@ POSTGRES = "postgresql"
 _DIALECTS = ("sqlite", POSTGRES)
 
 
-def _dialect(session: AsyncSession) -> str:
+def _dialect(session: DbSession) -> str:
     return POSTGRES if session.get_bind().dialect.name == POSTGRES else "sqlite"
 
 
@@ -302,7 +302,7 @@ MIGRATIONS = (
 # --- reps ---------------------------------------------------------------------------------------------------------
 
 
-async def upsert_rep(session: AsyncSession, *, rep_id: str, values: dict[str, Any], now: datetime) -> bool:
+async def upsert_rep(session: DbSession, *, rep_id: str, values: dict[str, Any], now: datetime) -> bool:
     """Create or replace a rep's profile; True if it was created. Its load row is created with it."""
     exists = await session.scalar(select(reps.c.rep_id).where(reps.c.rep_id == rep_id))
     if exists is None:
@@ -313,7 +313,7 @@ async def upsert_rep(session: AsyncSession, *, rep_id: str, values: dict[str, An
     return False
 
 
-async def list_reps(session: AsyncSession, *, team: str | None = None) -> list[dict[str, Any]]:
+async def list_reps(session: DbSession, *, team: str | None = None) -> list[dict[str, Any]]:
     """Every rep (of `team`), in id order, with their load."""
     query = _REPS_WITH_LOADS if team is None else _REPS_WITH_LOADS.where(reps.c.team == team)
     return [dict(row) for row in (await session.execute(query)).mappings()]
@@ -326,13 +326,13 @@ _REPS_WITH_LOADS = (
 )
 
 
-async def load_rep_row(session: AsyncSession, *, rep_id: str) -> dict[str, Any] | None:
+async def load_rep_row(session: DbSession, *, rep_id: str) -> dict[str, Any] | None:
     """One rep with their load, or None."""
     rows = [row for row in await list_reps(session) if row["rep_id"] == rep_id]
     return rows[0] if rows else None
 
 
-async def delete_rep(session: AsyncSession, *, rep_id: str) -> bool:
+async def delete_rep(session: DbSession, *, rep_id: str) -> bool:
     """Remove a rep (their assignments stay, as history); True if there was one."""
     result = await session.execute(delete(reps).where(reps.c.rep_id == rep_id))
     await session.execute(delete(rep_loads).where(rep_loads.c.rep_id == rep_id))
@@ -379,13 +379,13 @@ def load_from_row(row: dict[str, Any]) -> Load:
     )
 
 
-async def load_roster(session: AsyncSession) -> tuple[list[Rep], dict[str, Load]]:
+async def load_roster(session: DbSession) -> tuple[list[Rep], dict[str, Load]]:
     """Every rep and their load, as the domain sees them."""
     rows = await list_reps(session)
     return [rep_from_row(row) for row in rows], {row["rep_id"]: load_from_row(row) for row in rows}
 
 
-async def claim_capacity(session: AsyncSession, rep: Rep, *, today: date, count: int = 1) -> bool:
+async def claim_capacity(session: DbSession, rep: Rep, *, today: date, count: int = 1) -> bool:
     """Count `count` more open (and today's new) leads for `rep` unless that passes a cap: compare-and-increment,
     so two replicas assigning at once can never both take the last slot. False (nothing counted) if it would."""
     parameters = {
@@ -421,7 +421,7 @@ _CLAIM_CAPACITY = (
 )
 
 
-async def claim_capacities_checked(session: AsyncSession, claims: Sequence[tuple[Rep, date, int]]) -> None:
+async def claim_capacities_checked(session: DbSession, claims: Sequence[tuple[Rep, date, int]]) -> None:
     """`claim_capacity` for each (rep, their today, leads) at once, kept with the transaction's other writes as a
     checked write (shared.writes): if any rep no longer has room, the statement sending it fails (IntegrityError)
     and nothing is counted. For capacity chosen on loads read without locks."""
@@ -451,7 +451,7 @@ _CLAIM_CAPACITIES = CheckedWrite(
 )
 
 
-async def count_claims(session: AsyncSession, claims: Sequence[tuple[str, date, int, Load]]) -> None:
+async def count_claims(session: DbSession, claims: Sequence[tuple[str, date, int, Load]]) -> None:
     """Count each (rep id, their today, leads, their load as `lock_loads` found it) claim on the rep's load row, with
     one statement sent with the transaction's other writes. Only for load rows `lock_loads` locked and found with
     room: the new values are worked out from the locked ones, and no cap is checked."""
@@ -464,7 +464,7 @@ async def count_claims(session: AsyncSession, claims: Sequence[tuple[str, date, 
     await update_rows(session, rep_loads, rows, key=("rep_id",))
 
 
-async def lock_loads(session: AsyncSession, *, rep_ids: Sequence[str]) -> dict[str, Load]:
+async def lock_loads(session: DbSession, *, rep_ids: Sequence[str]) -> dict[str, Load]:
     """The current loads of these reps, their rows locked to commit (in rep id order, as every path takes them), so
     the capacity they have left cannot change before it is claimed. A rep without a load row is absent."""
     rows = await session.execute(_LOCK_LOADS[_dialect(session)], {"rep_ids": list(rep_ids)})
@@ -478,7 +478,7 @@ _LOCK_LOADS = {
 }  # fmt: skip
 
 
-async def release_capacity(session: AsyncSession, *, rep_id: str) -> None:
+async def release_capacity(session: DbSession, *, rep_id: str) -> None:
     """One open lead fewer for `rep_id` (never below zero)."""
     await session.execute(
         update(rep_loads)
@@ -487,7 +487,7 @@ async def release_capacity(session: AsyncSession, *, rep_id: str) -> None:
     )
 
 
-async def count_miss(session: AsyncSession, *, rep_id: str) -> int:
+async def count_miss(session: DbSession, *, rep_id: str) -> int:
     """Record an SLA miss for `rep_id`; returns their misses so far."""
     await session.execute(
         update(rep_loads).where(rep_loads.c.rep_id == rep_id).values(sla_misses=rep_loads.c.sla_misses + 1)
@@ -498,7 +498,7 @@ async def count_miss(session: AsyncSession, *, rep_id: str) -> int:
 # --- teams and accounts --------------------------------------------------------------------------------------------
 
 
-async def upsert_team(session: AsyncSession, *, team_id: str, name: str, manager: str | None, now: datetime) -> None:
+async def upsert_team(session: DbSession, *, team_id: str, name: str, manager: str | None, now: datetime) -> None:
     """Create or rename a team."""
     if await session.scalar(select(teams.c.team_id).where(teams.c.team_id == team_id)) is None:
         await session.execute(teams.insert().values(team_id=team_id, name=name, manager=manager, created_at=now))
@@ -506,7 +506,7 @@ async def upsert_team(session: AsyncSession, *, team_id: str, name: str, manager
         await session.execute(update(teams).where(teams.c.team_id == team_id).values(name=name, manager=manager))
 
 
-async def list_teams(session: AsyncSession) -> list[dict[str, Any]]:
+async def list_teams(session: DbSession) -> list[dict[str, Any]]:
     """Every team with its rep counts."""
     members = (
         select(
@@ -529,7 +529,7 @@ async def list_teams(session: AsyncSession) -> list[dict[str, Any]]:
     return [dict(row) for row in (await session.execute(query)).mappings()]
 
 
-async def team_manager(session: AsyncSession, *, team_id: str | None) -> str | None:
+async def team_manager(session: DbSession, *, team_id: str | None) -> str | None:
     """The manager of a team."""
     if team_id is None:
         return None
@@ -537,23 +537,23 @@ async def team_manager(session: AsyncSession, *, team_id: str | None) -> str | N
     return result
 
 
-async def upsert_account(session: AsyncSession, *, domain: str, rep_id: str, name: str | None, now: datetime) -> None:
+async def upsert_account(session: DbSession, *, domain: str, rep_id: str, name: str | None, now: datetime) -> None:
     """Give the account (company domain) to a rep."""
     await session.execute(delete(accounts).where(accounts.c.domain == domain))
     await session.execute(accounts.insert().values(domain=domain, rep_id=rep_id, name=name, created_at=now))
 
 
-async def list_accounts(session: AsyncSession) -> list[dict[str, Any]]:
+async def list_accounts(session: DbSession) -> list[dict[str, Any]]:
     """Every account and its owner."""
     return [dict(row) for row in (await session.execute(select(accounts).order_by(accounts.c.domain))).mappings()]
 
 
-async def delete_account(session: AsyncSession, *, domain: str) -> bool:
+async def delete_account(session: DbSession, *, domain: str) -> bool:
     """Forget an account; True if there was one."""
     return bool((await session.execute(delete(accounts).where(accounts.c.domain == domain))).rowcount)  # type: ignore[attr-defined]
 
 
-async def account_owner(session: AsyncSession, *, domain: str | None) -> str | None:
+async def account_owner(session: DbSession, *, domain: str | None) -> str | None:
     """The rep owning `domain`, if any."""
     if not domain:
         return None
@@ -571,7 +571,7 @@ _LOCK_ROTATIONS = {
 # --- policies ------------------------------------------------------------------------------------------------------
 
 
-async def add_policy(session: AsyncSession, *, name: str, definition: dict[str, Any], at: datetime) -> int:
+async def add_policy(session: DbSession, *, name: str, definition: dict[str, Any], at: datetime) -> int:
     """Store a policy as a draft; returns its version."""
     version = int(await session.scalar(select(func.coalesce(func.max(policies.c.version), 0))) or 0) + 1
     await session.execute(
@@ -580,23 +580,23 @@ async def add_policy(session: AsyncSession, *, name: str, definition: dict[str, 
     return version
 
 
-async def list_policies(session: AsyncSession) -> list[dict[str, Any]]:
+async def list_policies(session: DbSession) -> list[dict[str, Any]]:
     """Every policy version."""
     return [dict(row) for row in (await session.execute(select(policies).order_by(policies.c.version))).mappings()]
 
 
-async def load_policy(session: AsyncSession, *, version: int) -> dict[str, Any] | None:
+async def load_policy(session: DbSession, *, version: int) -> dict[str, Any] | None:
     """One policy version."""
     row = (await session.execute(select(policies).where(policies.c.version == version))).mappings().first()
     return dict(row) if row else None
 
 
-async def policy_definition(session: AsyncSession, *, version: int) -> Any:
+async def policy_definition(session: DbSession, *, version: int) -> Any:
     """The stored definition of one policy version (a version never changes once stored)."""
     return await session.scalar(select(policies.c.definition).where(policies.c.version == version))
 
 
-async def active_policy(session: AsyncSession) -> dict[str, Any] | None:
+async def active_policy(session: DbSession) -> dict[str, Any] | None:
     """The active policy, or None (then the default policy applies)."""
     row = (await session.execute(_ACTIVE_POLICY)).mappings().first()
     return dict(row) if row else None
@@ -605,7 +605,7 @@ async def active_policy(session: AsyncSession) -> dict[str, Any] | None:
 _ACTIVE_POLICY = select(policies).where(policies.c.active)
 
 
-async def activate_policy(session: AsyncSession, *, version: int, at: datetime) -> None:
+async def activate_policy(session: DbSession, *, version: int, at: datetime) -> None:
     """Make `version` the only active policy."""
     await session.execute(update(policies).where(policies.c.active).values(active=False))
     await session.execute(update(policies).where(policies.c.version == version).values(active=True, activated_at=at))
@@ -614,7 +614,7 @@ async def activate_policy(session: AsyncSession, *, version: int, at: datetime) 
 # --- rotations -----------------------------------------------------------------------------------------------------
 
 
-async def lock_rotation(session: AsyncSession, *, pool: str) -> dict[str, int]:
+async def lock_rotation(session: DbSession, *, pool: str) -> dict[str, int]:
     """Take the pool's turn lock (a PostgreSQL row lock, held to commit) and return its round-robin totals."""
     statement = select(rotations.c.weights).where(rotations.c.pool == pool).with_for_update()
     row = (await session.execute(statement)).first()
@@ -624,7 +624,7 @@ async def lock_rotation(session: AsyncSession, *, pool: str) -> dict[str, int]:
     return dict(row[0] or {}) if row else {}
 
 
-async def lock_rotations(session: AsyncSession, *, pools: Sequence[str]) -> dict[str, dict[str, int]]:
+async def lock_rotations(session: DbSession, *, pools: Sequence[str]) -> dict[str, dict[str, int]]:
     """`lock_rotation` for many pools at once (taken in pool order): their round-robin totals, by pool."""
     if not pools:
         return {}
@@ -636,30 +636,30 @@ async def lock_rotations(session: AsyncSession, *, pools: Sequence[str]) -> dict
     return {**found, **{pool: {} for pool in missing}}
 
 
-async def peek_rotation(session: AsyncSession, *, pool: str) -> dict[str, int]:
+async def peek_rotation(session: DbSession, *, pool: str) -> dict[str, int]:
     """The pool's round-robin totals, without taking its lock (for simulations)."""
     row = (await session.execute(select(rotations.c.weights).where(rotations.c.pool == pool))).first()
     return dict(row[0] or {}) if row else {}
 
 
-async def save_rotation(session: AsyncSession, *, pool: str, weights: dict[str, int], rep_id: str) -> None:
+async def save_rotation(session: DbSession, *, pool: str, weights: dict[str, int], rep_id: str) -> None:
     """Store the pool's round-robin totals after a pick."""
     await save_rotations(session, [(pool, weights, rep_id)])
 
 
-async def save_rotations(session: AsyncSession, turns: Sequence[tuple[str, dict[str, int], str]]) -> None:
+async def save_rotations(session: DbSession, turns: Sequence[tuple[str, dict[str, int], str]]) -> None:
     """Store (pool, round-robin totals, rep of the last pick) after picks, with one statement (sent with the
     transaction's other writes: shared.writes)."""
     rows = [{"pool": pool, "weights": weights, "last_rep_id": rep_id} for pool, weights, rep_id in turns]
     await update_rows(session, rotations, rows, key=("pool",))
 
 
-def adds_turns(session: AsyncSession) -> bool:
+def adds_turns(session: DbSession) -> bool:
     """Whether `add_to_rotations` works on the session's database (PostgreSQL: migration 7 made its function)."""
     return _dialect(session) == POSTGRES
 
 
-async def add_to_rotations(session: AsyncSession, turns: Sequence[tuple[str, dict[str, int], str]]) -> None:
+async def add_to_rotations(session: DbSession, turns: Sequence[tuple[str, dict[str, int], str]]) -> None:
     """Add (pool, change of each rep's round-robin total, rep of the last pick) to the pools' stored totals, kept with
     the transaction's other writes as a checked write (shared.writes): a pool without a row fails the statement
     sending it (IntegrityError). For turns taken on totals read without the pools' locks: the change is added to
@@ -687,7 +687,7 @@ _ADD_TO_ROTATIONS = CheckedWrite(
 # --- assignments ---------------------------------------------------------------------------------------------------
 
 
-async def load_assignment(session: AsyncSession, *, lead_id: str, for_update: bool = False) -> dict[str, Any] | None:
+async def load_assignment(session: DbSession, *, lead_id: str, for_update: bool = False) -> dict[str, Any] | None:
     """The lead's routing state, or None."""
     query = select(assignments).where(assignments.c.lead_id == lead_id)
     if for_update:
@@ -696,7 +696,7 @@ async def load_assignment(session: AsyncSession, *, lead_id: str, for_update: bo
     return dict(row) if row else None
 
 
-async def insert_assignment(session: AsyncSession, **values: Any) -> None:
+async def insert_assignment(session: DbSession, **values: Any) -> None:
     """Store a lead's first routing decision."""
     await session.execute(assignments.insert().values(**values))
 
@@ -719,7 +719,7 @@ class RunLeads:
 
 
 async def read_run_leads(
-    session: AsyncSession,
+    session: DbSession,
     *,
     lead_ids: Sequence[str],
     domains: Iterable[str | None],
@@ -818,12 +818,12 @@ _RUN_LEADS_AND_ROSTER: dict[bool, CompoundSelect[tuple[str, str | None, str | No
 _PEEK_RUN_LEADS_AND_ROSTER = {few: _peek_run_leads("sqlite" if few else POSTGRES) for few in (True, False)}
 
 
-async def insert_assignments(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+async def insert_assignments(session: DbSession, rows: Sequence[dict[str, Any]]) -> None:
     """Store many leads' first routing decisions with one statement (sent with the transaction's other writes)."""
     await write_rows(session, assignments, rows)
 
 
-async def rescore_queued(session: AsyncSession, leads: Sequence[Mapping[str, Any]], *, at: datetime) -> None:
+async def rescore_queued(session: DbSession, leads: Sequence[Mapping[str, Any]], *, at: datetime) -> None:
     """Let queued leads wait with their new score: `leads` are lead views (lead_id, score, grade, verdict)."""
     if not leads:
         return
@@ -842,7 +842,7 @@ async def rescore_queued(session: AsyncSession, leads: Sequence[Mapping[str, Any
 
 
 async def update_assignment(
-    session: AsyncSession, *, lead_id: str, expect_status: str | None = None, **values: Any
+    session: DbSession, *, lead_id: str, expect_status: str | None = None, **values: Any
 ) -> bool:
     """Change a lead's routing state; with `expect_status`, only if it still has that status (so two replicas
     never both act on one timer). True if it changed."""
@@ -853,19 +853,19 @@ async def update_assignment(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def add_decisions(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+async def add_decisions(session: DbSession, rows: Sequence[dict[str, Any]]) -> None:
     """Append to leads' routing histories, in order, with one statement (sent with the transaction's other
     writes)."""
     await write_rows(session, decisions, rows)
 
 
-async def lead_history(session: AsyncSession, *, lead_id: str) -> list[dict[str, Any]]:
+async def lead_history(session: DbSession, *, lead_id: str) -> list[dict[str, Any]]:
     """Every routing decision on a lead, oldest first."""
     query = select(decisions).where(decisions.c.lead_id == lead_id).order_by(decisions.c.id)
     return [dict(row) for row in (await session.execute(query)).mappings()]
 
 
-async def due_for_sla(session: AsyncSession, *, now: datetime, limit: int) -> list[str]:
+async def due_for_sla(session: DbSession, *, now: datetime, limit: int) -> list[str]:
     """Leads whose rep did not accept by the deadline, most overdue first."""
     query = (
         select(assignments.c.lead_id)
@@ -876,14 +876,14 @@ async def due_for_sla(session: AsyncSession, *, now: datetime, limit: int) -> li
     return list((await session.scalars(query)).all())
 
 
-async def queued_leads(session: AsyncSession, *, limit: int) -> list[str]:
+async def queued_leads(session: DbSession, *, limit: int) -> list[str]:
     """Leads waiting for an eligible rep, oldest first."""
     query = select(assignments.c.lead_id).where(assignments.c.status == "queued").order_by(assignments.c.decided_at)
     return list((await session.scalars(query.limit(limit))).all())
 
 
 async def claim_lead(
-    session: AsyncSession, *, lead_id: str, status: str, due_by: datetime | None = None
+    session: DbSession, *, lead_id: str, status: str, due_by: datetime | None = None
 ) -> dict[str, Any] | None:
     """Lock the lead's row for this transaction if it still has `status` (and, with `due_by`, its SLA deadline has
     passed); None if not, or if another replica holds it right now (PostgreSQL SKIP LOCKED)."""
@@ -894,7 +894,7 @@ async def claim_lead(
     return dict(row) if row else None
 
 
-async def queue_lengths(session: AsyncSession) -> dict[str, int]:
+async def queue_lengths(session: DbSession) -> dict[str, int]:
     """Leads waiting, per pool."""
     query = (
         select(assignments.c.pool, func.count()).where(assignments.c.status == "queued").group_by(assignments.c.pool)
@@ -902,7 +902,7 @@ async def queue_lengths(session: AsyncSession) -> dict[str, int]:
     return {pool or DEFAULT_POOL: count for pool, count in (await session.execute(query)).all()}
 
 
-async def erase_personal_data(session: AsyncSession, *, lead_id: str) -> None:
+async def erase_personal_data(session: DbSession, *, lead_id: str) -> None:
     """Strip the lead's personal fields from its routing state, its queued webhook deliveries and the stream."""
     current = await load_assignment(session, lead_id=lead_id, for_update=True)
     if current is not None and current.get("lead"):

@@ -17,11 +17,11 @@ from typing import Any, Final
 
 import orjson
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.store import stream_events
 from shared.envelope import CloudEvent, utc_now
 from shared.events import LeadRoutedV1
+from shared.sessions import DbSession
 from shared.uow import UnitOfWork
 from shared.writes import write_rows
 
@@ -56,12 +56,12 @@ class StreamPage:
     horizon: int
 
 
-async def append_event(session: AsyncSession, event: CloudEvent, routed: LeadRoutedV1) -> None:
+async def append_event(session: DbSession, event: CloudEvent, routed: LeadRoutedV1) -> None:
     """Record `event` for the stream, in the caller's transaction."""
     await append_events(session, [(event, routed)])
 
 
-async def append_events(session: AsyncSession, published: Sequence[tuple[CloudEvent, LeadRoutedV1]]) -> None:
+async def append_events(session: DbSession, published: Sequence[tuple[CloudEvent, LeadRoutedV1]]) -> None:
     """Record events for the stream, in order (their seqs follow it), in the caller's transaction."""
     if not published:
         return
@@ -75,7 +75,7 @@ async def append_events(session: AsyncSession, published: Sequence[tuple[CloudEv
 
 
 async def events_after(
-    session: AsyncSession,
+    session: DbSession,
     *,
     after_seq: int,
     rep_id: str | None = None,
@@ -100,7 +100,7 @@ async def events_after(
     return StreamPage(events=events, horizon=horizon)
 
 
-async def _complete_to(session: AsyncSession, *, after_seq: int, settle: timedelta, now: datetime) -> int:
+async def _complete_to(session: DbSession, *, after_seq: int, settle: timedelta, now: datetime) -> int:
     """The highest seq up to which every row that will ever exist after `after_seq` is visible now."""
     query = (
         select(stream_events.c.seq, stream_events.c.at)
@@ -121,12 +121,12 @@ def _kind(event: dict[str, Any]) -> str:
     return str(data.get("kind", "routed")) if isinstance(data, dict) else "routed"
 
 
-async def latest_seq(session: AsyncSession) -> int:
+async def latest_seq(session: DbSession) -> int:
     """The newest event's seq (0 if none): where a client that wants only new events starts."""
     return int(await session.scalar(select(func.coalesce(func.max(stream_events.c.seq), 0))) or 0)
 
 
-async def prune_stream(session: AsyncSession, *, older_than: datetime) -> int:
+async def prune_stream(session: DbSession, *, older_than: datetime) -> int:
     """Delete events recorded before `older_than`; returns how many. The newest event is always kept, so that
     SQLite (which reuses the highest rowid once deleted) never hands out an id a client already holds."""
     newest = await latest_seq(session)

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.store import webhook_deliveries as deliveries
 from services.routing.store import webhook_subscriptions as subscriptions
@@ -21,6 +20,7 @@ from services.routing.webhook_signing import new_secret
 from shared.envelope import CloudEvent, utc_now
 from shared.events import LeadRoutedV1
 from shared.problems import ProblemError
+from shared.sessions import DbSession
 from shared.uow import UnitOfWork
 
 DeliveryStatus = Literal["pending", "delivered", "parked"]
@@ -72,7 +72,7 @@ def wants(subscription: dict[str, Any], routed: LeadRoutedV1) -> bool:
     )
 
 
-async def enqueue_deliveries(session: AsyncSession, event: CloudEvent, routed: LeadRoutedV1) -> None:
+async def enqueue_deliveries(session: DbSession, event: CloudEvent, routed: LeadRoutedV1) -> None:
     """Queue a delivery of `event` to every matching subscription, in the caller's transaction."""
     await enqueue_all_deliveries(session, [(event, routed)])
 
@@ -80,7 +80,7 @@ async def enqueue_deliveries(session: AsyncSession, event: CloudEvent, routed: L
 _ACTIVE_SUBSCRIPTIONS = select(subscriptions).where(subscriptions.c.active).order_by(subscriptions.c.subscription_id)
 
 
-async def enqueue_all_deliveries(session: AsyncSession, published: Sequence[tuple[CloudEvent, LeadRoutedV1]]) -> None:
+async def enqueue_all_deliveries(session: DbSession, published: Sequence[tuple[CloudEvent, LeadRoutedV1]]) -> None:
     """Queue a delivery of each event to every subscription that wants it, in the caller's transaction (the
     subscriptions are read once and the deliveries written with one statement, however many events)."""
     if not published:
@@ -105,7 +105,7 @@ async def enqueue_all_deliveries(session: AsyncSession, published: Sequence[tupl
 
 
 async def add_subscription(
-    session: AsyncSession, *, url: str, team: str | None, rep_id: str | None, kinds: Sequence[str], now: datetime
+    session: DbSession, *, url: str, team: str | None, rep_id: str | None, kinds: Sequence[str], now: datetime
 ) -> dict[str, Any]:
     """Store an active subscription with a fresh secret; returns it, secret included."""
     row = {
@@ -116,19 +116,19 @@ async def add_subscription(
     return row
 
 
-async def list_subscriptions(session: AsyncSession) -> list[dict[str, Any]]:
+async def list_subscriptions(session: DbSession) -> list[dict[str, Any]]:
     """Every subscription, oldest first."""
     query = select(subscriptions).order_by(subscriptions.c.created_at, subscriptions.c.subscription_id)
     return [dict(row) for row in (await session.execute(query)).mappings()]
 
 
-async def load_subscriptions(session: AsyncSession, *, subscription_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+async def load_subscriptions(session: DbSession, *, subscription_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The subscriptions with these ids, by id (deleted ones are absent)."""
     query = select(subscriptions).where(subscriptions.c.subscription_id.in_(subscription_ids))
     return {row["subscription_id"]: dict(row) for row in (await session.execute(query)).mappings()}
 
 
-async def delete_subscription(session: AsyncSession, *, subscription_id: str) -> bool:
+async def delete_subscription(session: DbSession, *, subscription_id: str) -> bool:
     """Remove a subscription and what it can no longer receive (pending and parked deliveries); deliveries that
     arrived stay as history. True if there was one."""
     result = await session.execute(delete(subscriptions).where(subscriptions.c.subscription_id == subscription_id))
@@ -144,7 +144,7 @@ async def delete_subscription(session: AsyncSession, *, subscription_id: str) ->
 
 
 async def list_deliveries(
-    session: AsyncSession, *, status: DeliveryStatus | None, subscription_id: str | None, limit: int
+    session: DbSession, *, status: DeliveryStatus | None, subscription_id: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Deliveries, newest first; status "parked" is the dead-letter list."""
     query = select(deliveries).order_by(deliveries.c.created_at.desc(), deliveries.c.delivery_id).limit(limit)
@@ -155,7 +155,7 @@ async def list_deliveries(
     return [dict(row) for row in (await session.execute(query)).mappings()]
 
 
-async def load_delivery(session: AsyncSession, *, delivery_id: str, for_update: bool = False) -> dict[str, Any] | None:
+async def load_delivery(session: DbSession, *, delivery_id: str, for_update: bool = False) -> dict[str, Any] | None:
     """One delivery, or None."""
     query = select(deliveries).where(deliveries.c.delivery_id == delivery_id)
     if for_update:
@@ -199,7 +199,7 @@ class Claim:
     created_at: datetime
 
 
-async def claim_due(session: AsyncSession, *, now: datetime, limit: int, lease: timedelta) -> list[Claim]:
+async def claim_due(session: DbSession, *, now: datetime, limit: int, lease: timedelta) -> list[Claim]:
     """Take up to `limit` due deliveries by pushing their next attempt `lease` ahead. Rows another replica is
     claiming are skipped (SKIP LOCKED); a dispatcher that dies mid-attempt leaves them to be retried after the
     lease. Deliveries whose subscription is gone or paused are parked instead."""
@@ -227,14 +227,14 @@ async def claim_due(session: AsyncSession, *, now: datetime, limit: int, lease: 
     return claims
 
 
-async def _lease(session: AsyncSession, delivery_ids: list[str], *, until: datetime) -> None:
+async def _lease(session: DbSession, delivery_ids: list[str], *, until: datetime) -> None:
     if delivery_ids:
         await session.execute(
             update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids)).values(next_attempt_at=until)
         )
 
 
-async def _park_orphans(session: AsyncSession, delivery_ids: list[str]) -> None:
+async def _park_orphans(session: DbSession, delivery_ids: list[str]) -> None:
     if delivery_ids:
         await session.execute(
             update(deliveries)
@@ -244,7 +244,7 @@ async def _park_orphans(session: AsyncSession, delivery_ids: list[str]) -> None:
 
 
 async def record_attempt(
-    session: AsyncSession,
+    session: DbSession,
     claim: Claim,
     *,
     status_code: int | None,

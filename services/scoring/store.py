@@ -30,12 +30,12 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.learning import Weights
 from services.scoring.rules import Touch
 from shared.db import Migration, UtcDateTime, add_columns, among, create_tables, few_enough
 from shared.privacy import ERASED_LEADS, add_privacy_tables
+from shared.sessions import DbSession
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.writes import write_rows
 
@@ -170,7 +170,7 @@ MIGRATIONS = (
 # --- scores ------------------------------------------------------------------------------------------------------
 
 
-async def save_scores(session: AsyncSession, *, scored: Sequence[Mapping[str, Any]]) -> None:
+async def save_scores(session: DbSession, *, scored: Sequence[Mapping[str, Any]]) -> None:
     """Store leads' current scores with one statement, replacing the previous ones (a lead repeated: its last)."""
     latest = {row["lead_id"]: dict(row) for row in scored}
     if latest:
@@ -178,13 +178,13 @@ async def save_scores(session: AsyncSession, *, scored: Sequence[Mapping[str, An
         await _save(session, "scores", list(latest.values()), replaced)
 
 
-async def load_score(session: AsyncSession, *, lead_id: str) -> dict[str, Any] | None:
+async def load_score(session: DbSession, *, lead_id: str) -> dict[str, Any] | None:
     """The lead's current score, or None."""
     row = (await session.execute(select(scores).where(scores.c.lead_id == lead_id))).mappings().first()
     return dict(row) if row else None
 
 
-async def recent_scores(session: AsyncSession, *, limit: int) -> list[dict[str, Any]]:
+async def recent_scores(session: DbSession, *, limit: int) -> list[dict[str, Any]]:
     """The scores of the most recently captured leads."""
     query = (
         select(scores, lead_facts.c.facts).join(lead_facts, lead_facts.c.lead_id == scores.c.lead_id)
@@ -196,7 +196,7 @@ async def recent_scores(session: AsyncSession, *, limit: int) -> list[dict[str, 
 # --- models ------------------------------------------------------------------------------------------------------
 
 
-async def add_model(session: AsyncSession, *, name: str, definition: dict[str, Any], at: datetime) -> int:
+async def add_model(session: DbSession, *, name: str, definition: dict[str, Any], at: datetime) -> int:
     """Store a draft model; returns its version number."""
     version = int(await session.scalar(select(func.coalesce(func.max(scoring_models.c.version), 0))) or 0) + 1
     await session.execute(
@@ -205,20 +205,20 @@ async def add_model(session: AsyncSession, *, name: str, definition: dict[str, A
     return version
 
 
-async def load_models(session: AsyncSession) -> list[dict[str, Any]]:
+async def load_models(session: DbSession) -> list[dict[str, Any]]:
     """Every model version, newest first."""
     query = select(scoring_models).order_by(scoring_models.c.version.desc())
     return [dict(row) for row in (await session.execute(query)).mappings()]
 
 
-async def load_model(session: AsyncSession, *, version: int) -> dict[str, Any] | None:
+async def load_model(session: DbSession, *, version: int) -> dict[str, Any] | None:
     """One model version."""
     query = select(scoring_models).where(scoring_models.c.version == version)
     row = (await session.execute(query)).mappings().first()
     return dict(row) if row else None
 
 
-async def active_model(session: AsyncSession) -> dict[str, Any] | None:
+async def active_model(session: DbSession) -> dict[str, Any] | None:
     """The model in force, if one was activated."""
     row = (await session.execute(_ACTIVE_MODEL)).mappings().first()
     return dict(row) if row else None
@@ -227,7 +227,7 @@ async def active_model(session: AsyncSession) -> dict[str, Any] | None:
 _ACTIVE_MODEL = select(scoring_models).where(scoring_models.c.status == "active")
 
 
-async def activate_model(session: AsyncSession, *, version: int, at: datetime) -> None:
+async def activate_model(session: DbSession, *, version: int, at: datetime) -> None:
     """Put a version in force and retire the one before."""
     await session.execute(update(scoring_models).where(scoring_models.c.status == "active").values(status="retired"))
     await session.execute(
@@ -238,7 +238,7 @@ async def activate_model(session: AsyncSession, *, version: int, at: datetime) -
 # --- leads and what they did -------------------------------------------------------------------------------------
 
 
-async def save_all_facts(session: AsyncSession, *, leads: Sequence[tuple[str, dict[str, Any], datetime]]) -> None:
+async def save_all_facts(session: DbSession, *, leads: Sequence[tuple[str, dict[str, Any], datetime]]) -> None:
     """Store (lead id, facts, captured at) leads as they now stand with one statement: a known lead keeps when it
     was captured and whether it is closed; a lead repeated keeps its last facts and its first capture time."""
     rows: dict[str, dict[str, Any]] = {}
@@ -249,18 +249,18 @@ async def save_all_facts(session: AsyncSession, *, leads: Sequence[tuple[str, di
         await _save(session, "lead_facts", list(rows.values()), ("facts",))
 
 
-async def load_facts(session: AsyncSession, *, lead_id: str) -> dict[str, Any] | None:
+async def load_facts(session: DbSession, *, lead_id: str) -> dict[str, Any] | None:
     """The lead's facts and whether it is closed, or None if scoring has not seen the lead."""
     row = (await session.execute(select(lead_facts).where(lead_facts.c.lead_id == lead_id))).mappings().first()
     return dict(row) if row else None
 
 
-async def close_lead(session: AsyncSession, *, lead_id: str) -> None:
+async def close_lead(session: DbSession, *, lead_id: str) -> None:
     """The lead was won, lost or disqualified: no more re-scoring."""
     await session.execute(update(lead_facts).where(lead_facts.c.lead_id == lead_id).values(closed=True))
 
 
-async def open_lead_ids(session: AsyncSession, *, after: str, limit: int) -> list[str]:
+async def open_lead_ids(session: DbSession, *, after: str, limit: int) -> list[str]:
     """Open leads in id order, for re-scoring in pages."""
     query = (
         select(lead_facts.c.lead_id).where(lead_facts.c.closed.is_(False), lead_facts.c.lead_id > after)
@@ -269,13 +269,13 @@ async def open_lead_ids(session: AsyncSession, *, after: str, limit: int) -> lis
     return list((await session.execute(query)).scalars())
 
 
-async def count_open_leads(session: AsyncSession) -> int:
+async def count_open_leads(session: DbSession) -> int:
     """How many leads are still open."""
     count = await session.scalar(select(func.count()).select_from(lead_facts).where(lead_facts.c.closed.is_(False)))
     return int(count or 0)
 
 
-async def qualified_open_lead_ids(session: AsyncSession) -> list[str]:
+async def qualified_open_lead_ids(session: DbSession) -> list[str]:
     """Open leads whose current verdict is qualified (candidates for going cold)."""
     query = (
         select(scores.c.lead_id).join(lead_facts, lead_facts.c.lead_id == scores.c.lead_id)
@@ -284,7 +284,7 @@ async def qualified_open_lead_ids(session: AsyncSession) -> list[str]:
     return list((await session.execute(query)).scalars())
 
 
-async def add_touches(session: AsyncSession, *, done: Sequence[tuple[str, Touch]]) -> None:
+async def add_touches(session: DbSession, *, done: Sequence[tuple[str, Touch]]) -> None:
     """Remember what (lead id, touch) leads did, in order, with one statement."""
     if done:
         await session.execute(
@@ -292,7 +292,7 @@ async def add_touches(session: AsyncSession, *, done: Sequence[tuple[str, Touch]
         )
 
 
-async def load_touches(session: AsyncSession, *, lead_id: str) -> list[Touch]:
+async def load_touches(session: DbSession, *, lead_id: str) -> list[Touch]:
     """Everything the lead did, oldest first."""
     query = select(touches.c.kind, touches.c.at).where(touches.c.lead_id == lead_id).order_by(touches.c.at)
     return [Touch(kind=kind, at=at) for kind, at in await session.execute(query)]
@@ -311,7 +311,7 @@ class Known:
     in_force: ModelsInForce | None = None
 
 
-async def known_about(session: AsyncSession, *, lead_ids: Sequence[str]) -> Known:
+async def known_about(session: DbSession, *, lead_ids: Sequence[str]) -> Known:
     """Read what scoring holds about `lead_ids` in one statement (four before: a round trip each on every run), and
     take the outcomes held for them (they are removed: the caller learns from them now)."""
     known = Known(erased=set(), touches={}, verdicts={}, held={})
@@ -379,13 +379,13 @@ class ModelsInForce:
     learned: Mapping[str, Any]
 
 
-async def models_in_force(session: AsyncSession) -> ModelsInForce:
+async def models_in_force(session: DbSession) -> ModelsInForce:
     """The active rules model's version and the learned model's state, in one round trip."""
     row = (await session.execute(_MODELS_IN_FORCE)).mappings().one()
     return ModelsInForce(rules_version=row["active_version"], learned=dict(row))
 
 
-async def load_weights(session: AsyncSession, *, tokens: list[str], state: Mapping[str, Any] | None = None) -> Weights:
+async def load_weights(session: DbSession, *, tokens: list[str], state: Mapping[str, Any] | None = None) -> Weights:
     """The learned model, restricted to `tokens` (all a prediction or an update needs); its state as read by
     `models_in_force` in this transaction, if given and unchanged since."""
     stored = state if state is not None else (await session.execute(_LEARNED_STATE)).mappings().one()
@@ -433,12 +433,12 @@ _LEARNED_WEIGHTS = {
 }
 
 
-async def lock_learned_state(session: AsyncSession) -> None:
+async def lock_learned_state(session: DbSession) -> None:
     """Serialise model updates across replicas (a row lock on PostgreSQL)."""
     await session.execute(select(learned_state.c.id).where(learned_state.c.id == 1).with_for_update())
 
 
-async def save_weights(session: AsyncSession, *, model: Weights, tokens: set[str], at: datetime) -> None:
+async def save_weights(session: DbSession, *, model: Weights, tokens: set[str], at: datetime) -> None:
     """Store the updated weights of `tokens` and the model's bias and outcome count."""
     await session.execute(
         update(learned_state)
@@ -453,30 +453,30 @@ async def save_weights(session: AsyncSession, *, model: Weights, tokens: set[str
         ])  # fmt: skip
 
 
-async def learned_summary(session: AsyncSession) -> dict[str, Any]:
+async def learned_summary(session: DbSession) -> dict[str, Any]:
     """Outcomes learned from, features known, last update."""
     state = (await session.execute(select(learned_state).where(learned_state.c.id == 1))).mappings().one()
     features = await session.scalar(select(func.count()).select_from(learned_weights))
     return {"outcomes": state["outcomes"], "features": int(features or 0), "updated_at": state["updated_at"]}
 
 
-async def add_prediction(session: AsyncSession, **values: Any) -> None:
+async def add_prediction(session: DbSession, **values: Any) -> None:
     """Log what the model predicted before learning from an outcome."""
     await session.execute(predictions.insert().values(**values))
 
 
-async def load_predictions(session: AsyncSession) -> list[dict[str, Any]]:
+async def load_predictions(session: DbSession) -> list[dict[str, Any]]:
     """Every logged prediction, oldest first."""
     query = select(predictions).order_by(predictions.c.id)
     return [dict(row) for row in (await session.execute(query)).mappings()]
 
 
-async def hold_outcome(session: AsyncSession, *, lead_id: str, kind: str, occurred_at: datetime) -> None:
+async def hold_outcome(session: DbSession, *, lead_id: str, kind: str, occurred_at: datetime) -> None:
     """Keep an outcome of a lead scoring has not seen yet."""
     await session.execute(pending_outcomes.insert().values(lead_id=lead_id, kind=kind, occurred_at=occurred_at))
 
 
-async def take_outcomes_held_for_known_leads(session: AsyncSession, *, limit: int) -> list[tuple[str, str, datetime]]:
+async def take_outcomes_held_for_known_leads(session: DbSession, *, limit: int) -> list[tuple[str, str, datetime]]:
     """Outcomes held for leads whose facts are stored by now (lead id, kind, when), oldest first, at most `limit`:
     locked (those another transaction locked are skipped) and removed, for this transaction to learn from.
 
@@ -502,7 +502,7 @@ async def take_outcomes_held_for_known_leads(session: AsyncSession, *, limit: in
 # --- re-score jobs -----------------------------------------------------------------------------------------------
 
 
-async def start_job(session: AsyncSession, *, job_id: str, version: int, total: int, at: datetime) -> None:
+async def start_job(session: DbSession, *, job_id: str, version: int, total: int, at: datetime) -> None:
     """Record a re-score job."""
     await session.execute(
         rescore_jobs.insert().values(
@@ -511,7 +511,7 @@ async def start_job(session: AsyncSession, *, job_id: str, version: int, total: 
     )
 
 
-async def advance_job(session: AsyncSession, *, job_id: str, done: int, finished_at: datetime | None) -> None:
+async def advance_job(session: DbSession, *, job_id: str, done: int, finished_at: datetime | None) -> None:
     """Record a re-score job's progress."""
     values: dict[str, Any] = {"done": done}
     if finished_at is not None:
@@ -519,13 +519,13 @@ async def advance_job(session: AsyncSession, *, job_id: str, done: int, finished
     await session.execute(update(rescore_jobs).where(rescore_jobs.c.job_id == job_id).values(**values))
 
 
-async def running_job(session: AsyncSession) -> str | None:
+async def running_job(session: DbSession) -> str | None:
     """The oldest unfinished re-score job, if any."""
     query = select(rescore_jobs.c.job_id).where(rescore_jobs.c.status == "running").order_by(rescore_jobs.c.started_at)
     return await session.scalar(query.limit(1))
 
 
-async def load_job(session: AsyncSession, *, job_id: str) -> dict[str, Any] | None:
+async def load_job(session: DbSession, *, job_id: str) -> dict[str, Any] | None:
     """A re-score job."""
     row = (await session.execute(select(rescore_jobs).where(rescore_jobs.c.job_id == job_id))).mappings().first()
     return dict(row) if row else None
@@ -534,7 +534,7 @@ async def load_job(session: AsyncSession, *, job_id: str) -> dict[str, Any] | No
 # --- upserts -----------------------------------------------------------------------------------------------------
 
 
-async def _save(session: AsyncSession, table: str, rows: Sequence[dict[str, Any]], replaced: tuple[str, ...]) -> None:
+async def _save(session: DbSession, table: str, rows: Sequence[dict[str, Any]], replaced: tuple[str, ...]) -> None:
     """Insert `rows` (one shape) into `table`, replacing the `replaced` columns of those already there (sent with the
     transaction's other writes: shared.writes)."""
     await write_rows(session, metadata.tables[table], rows, replace=replaced)

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import Column, MetaData, String, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import Migration, create_tables, make_engine, make_sessions, migrate
+from shared.db import Migration, create_tables, make_engine, migrate
+from shared.sessions import make_sessions
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.uow import UnitOfWork
 from tests.support.infra import PostgresServer

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.feedback import store
-from shared.db import make_engine, make_sessions, migrate
+from shared.db import make_engine, migrate
+from shared.sessions import make_sessions
 from shared.uow import UnitOfWork
 from tests.unit.test_feedback_batch import Databases, check_run_by_run_equals_one_by_one
 

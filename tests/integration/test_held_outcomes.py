@@ -14,9 +14,9 @@ from services.feedback.handlers import HANDLERS
 from services.feedback.service import apply_outcomes_held_for_known_leads
 from services.scoring import service as scoring_service
 from services.scoring import store as scoring_store
-from shared.db import make_sessions
 from shared.envelope import CloudEvent
 from shared.events import LeadCapturedV1, OutcomeRecordedV1
+from shared.sessions import make_sessions
 from shared.topics import LEADS_CAPTURED, LEADS_OUTCOMES
 from shared.uow import Transaction, UnitOfWork
 from tests.integration.conftest import migrated_engine

@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.lead_intake import store
 from services.lead_intake.domain import Lead
 from services.lead_intake.service import Activity, capture_submissions, record_activity
-from shared.db import make_engine, make_sessions, migrate
+from shared.db import make_engine, migrate
 from shared.outbox import CommittedEvent
+from shared.sessions import make_sessions
 from shared.uow import UnitOfWork
 from tests.unit.fakes import outbox_events
 

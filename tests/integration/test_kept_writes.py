@@ -15,9 +15,10 @@ from sqlalchemy import JSON, Column, Integer, MetaData, Numeric, String, Table, 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import Migration, UtcDateTime, create_tables, make_engine, make_sessions, migrate
+from shared.db import Migration, UtcDateTime, create_tables, make_engine, migrate
 from shared.events import LeadRoutedV1
 from shared.outbox import CommittedEvent
+from shared.sessions import make_sessions
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.uow import UnitOfWork
 from shared.writes import CheckedWrite, add_to_rows, create_unchanged_check, update_rows, write_checked, write_rows

@@ -13,11 +13,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import advisory_lock_key, make_sessions
+from shared.db import advisory_lock_key
 from shared.envelope import CloudEvent, utc_now
 from shared.events import LeadCapturedV1
 from shared.kafka import KafkaPublisher
 from shared.outbox import OutboxRelay
+from shared.sessions import make_sessions
 from shared.tables import OUTBOX
 from shared.topics import LEADS_CAPTURED
 from shared.uow import UnitOfWork

@@ -21,10 +21,11 @@ from services.routing.rules import RoutingPolicy
 from services.routing.runs import route_scored_leads
 from services.routing.schemas import RepIn
 from services.routing.service import fire_due_sla_timers, route_scored_lead
-from shared.db import make_engine, make_sessions, migrate
+from shared.db import make_engine, migrate
 from shared.events import LeadRoutedV1, LeadScoredV1
 from shared.failures import is_outage
 from shared.privacy import mark_erased
+from shared.sessions import make_sessions
 from shared.uow import UnitOfWork
 from shared.writes import send_writes
 from tests.support.polling import eventually

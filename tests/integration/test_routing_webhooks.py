@@ -26,9 +26,10 @@ from services.routing import store, webhooks, webhooks_api
 from services.routing.settings import Settings
 from services.routing.webhook_dispatcher import CONCURRENCY, webhook_dispatcher
 from shared.app import build_app
-from shared.db import make_engine, make_sessions
+from shared.db import make_engine
 from shared.events import LeadRoutedV1
 from shared.runtime import ServiceRuntime
+from shared.sessions import make_sessions
 from shared.uow import UnitOfWork
 from tests.support.infra import free_port
 from tests.support.inprocess import ADMIN_KEY

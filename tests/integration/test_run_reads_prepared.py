@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import insert, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.routing import store as routing_store
 from services.scoring import store as scoring_store
 from shared.db import FEW_VALUES, Migration, make_engine, migrate
 from shared.privacy import ERASED_LEADS
+from shared.sessions import DbSession
 
 # Past FEW_VALUES (8); a run's first reads, of a few leads, prepare the statements for a few.
 SIZES = (9, 10, 11, 13, 20, 40, 100)
@@ -44,11 +45,11 @@ async def routing_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def _statements_prepared(session: AsyncSession) -> int:
+async def _statements_prepared(session: DbSession) -> int:
     return int(await session.scalar(text("SELECT count(*) FROM pg_prepared_statements")) or 0)
 
 
-async def _new_statements(session: AsyncSession, read: Callable[[list[str]], Awaitable[object]]) -> list[int]:
+async def _new_statements(session: DbSession, read: Callable[[list[str]], Awaitable[object]]) -> list[int]:
     """How many statements the connection had prepared after reading a run of each size in SIZES."""
     await _statements_prepared(session)  # the count's own statement, prepared first
     for size in range(1, FEW_VALUES + 1):
@@ -70,7 +71,7 @@ async def test_scoring_reads_a_run_of_any_size_with_one_prepared_statement(scori
         await connection.execute(insert(scoring_store.touches), [{"lead_id": "lead-4", "kind": "visit", "at": now}])
         await connection.execute(insert(scoring_store.metadata.tables[ERASED_LEADS]),
                                  [{"lead_id": "lead-7", "erased_at": now}])  # fmt: skip
-    async with AsyncSession(scoring_engine) as session:
+    async with DbSession(scoring_engine) as session:
         found: list[scoring_store.Known] = []
 
         async def read(lead_ids: list[str]) -> None:
@@ -90,7 +91,7 @@ async def test_routing_reads_a_run_of_any_size_with_one_prepared_statement(
 ) -> None:
     async with routing_engine.begin() as connection:
         await connection.execute(insert(routing_store.rotations), [{"pool": "pool-3", "weights": {"rep-1": 2}}])
-    async with AsyncSession(routing_engine) as session, session.begin():
+    async with DbSession(routing_engine) as session, session.begin():
         found: list[routing_store.RunLeads] = []
 
         async def read(lead_ids: list[str]) -> None:

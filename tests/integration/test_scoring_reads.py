@@ -12,7 +12,8 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scoring import store
-from shared.db import make_engine, make_sessions, migrate
+from shared.db import make_engine, migrate
+from shared.sessions import make_sessions
 from shared.uow import UnitOfWork
 
 

@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import Migration, create_tables, make_sessions, migrate
+from shared.db import Migration, create_tables, migrate
 from shared.envelope import CloudEvent
 from shared.kafka import OutboundRecord, Publisher
+from shared.sessions import make_sessions
 from shared.tables import INBOX, OUTBOX, add_messaging_tables
 from shared.uow import UnitOfWork
 

@@ -16,9 +16,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.consumer import Batched, EventConsumer, Outage, _runs
-from shared.db import make_sessions, migrate
+from shared.db import migrate
 from shared.envelope import CloudEvent
 from shared.events import LeadRoutedV1, LeadScoredV1, parse_payload
+from shared.sessions import make_sessions
 from shared.topics import LEADS_SCORED
 from shared.uow import Transaction, UnitOfWork
 from tests.support.polling import eventually

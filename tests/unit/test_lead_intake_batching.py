@@ -18,8 +18,9 @@ from services.lead_intake import store
 from services.lead_intake.batching import CaptureStopped, LeadCaptureBatcher
 from services.lead_intake.domain import Lead
 from services.lead_intake.service import capture_lead
-from shared.db import make_engine, make_sessions
+from shared.db import make_engine
 from shared.events import LeadCapturedV1, LeadMergedV1, parse_payload
+from shared.sessions import make_sessions
 from shared.tables import OUTBOX
 from shared.tracing import configure_tracing
 from shared.uow import Transaction, UnitOfWork

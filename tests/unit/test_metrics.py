@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scoring.app import create_app
 from services.scoring.settings import Settings
 from shared.consumer import EventConsumer
-from shared.db import make_sessions, migrate
+from shared.db import migrate
 from shared.envelope import CloudEvent
 from shared.events import LeadRoutedV1
 from shared.metrics import (
@@ -26,6 +26,7 @@ from shared.metrics import (
     sample_consumer_lag,
     sample_outbox_backlog,
 )
+from shared.sessions import make_sessions
 from shared.tables import OUTBOX
 from shared.uow import Transaction, UnitOfWork
 from tests.support.inprocess import ADMIN_KEY, offline_settings, running

@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import make_sessions, migrate
+from shared.db import migrate
 from shared.events import LeadScoredV1
 from shared.outbox import OutboxRelay
+from shared.sessions import make_sessions
 from shared.topics import LEADS_SCORED
 from shared.uow import UnitOfWork
 from tests.unit.fakes import FakePublisher, header, messaging_schema

@@ -11,7 +11,7 @@ from aiokafka.errors import KafkaTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.consumer import EventConsumer, Stalled
-from shared.db import make_sessions
+from shared.sessions import make_sessions
 from shared.stall import Backlog, StallWatch, group_backlog
 from shared.topics import LEADS_CAPTURED, LEADS_SCORED
 from shared.uow import UnitOfWork

@@ -22,10 +22,11 @@ from services.lead_intake import store as intake_store
 from services.lead_intake.app import create_app
 from services.lead_intake.settings import Settings
 from shared.consumer import EventConsumer
-from shared.db import make_sessions, migrate
+from shared.db import migrate
 from shared.envelope import CloudEvent
 from shared.events import LeadRoutedV1, LeadScoredV1, parse_payload
 from shared.logs import JsonFormatter
+from shared.sessions import make_sessions
 from shared.tables import OUTBOX
 from shared.tracing import (
     ContextOnlyTracerProvider,

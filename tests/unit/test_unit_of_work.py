@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import make_sessions, migrate
+from shared.db import migrate
 from shared.events import LeadRoutedV1
 from shared.outbox import CommittedEvent
+from shared.sessions import make_sessions
 from shared.topics import LEADS_ROUTED, LEADS_SCORED
 from shared.uow import UnitOfWork
 from tests.unit.fakes import header, messaging_schema
