@@ -70,7 +70,7 @@ async def test_a_write_before_the_last_statement_begins_the_transaction_and_a_fa
             await write_rows(tx.session, effects, [{"event_id": "e-1", "note": "sent by the next read"}])
             assert await tx.session.scalar(select(effects.c.note)) == "sent by the next read"
             raise RuntimeError("the handler fails after its writes were sent")
-    # The driver logs its own BEGIN, COMMIT and ROLLBACK a turn of the event loop later: a read after gives it that turn.
+    # The driver logs its own BEGIN, COMMIT and ROLLBACK a turn of the event loop later: a read after gives it time.
     assert await stored_notes(uow) == {}
     assert server_log.kinds() == ["SELECT", "BEGIN", "WITH", "SELECT", "ROLLBACK", "SELECT"], server_log.queries
 
