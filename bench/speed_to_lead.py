@@ -6,8 +6,8 @@ POST /v1/leads, first to warm up (BENCH_WARMUP_RATE for BENCH_WARMUP_SECONDS: th
 then), then at 50, 100, 200 and 500 leads/s (BENCH_SECONDS each) while a subscriber of its own reads
 leads.routed: speed to lead = when the lead's first assigned/unassigned decision was seen minus when its 202
 arrived (one monotonic clock, one process). Then it searches for the highest rate whose end-to-end backlog stays
-bounded for BENCH_SUSTAIN_SECONDS, measures intake's max req/s (the consumers paused), and, on the same broker,
-the baselines of bench/baselines.py. Prints a table; saves var/reports/bench-<timestamp>.json and .png.
+bounded for BENCH_SUSTAIN_SECONDS, measures intake's max req/s (the consumers paused), and, on the same broker and
+database server, the baselines of bench/baselines.py. Prints a table; saves var/reports/bench-<timestamp>.json and .png.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import psutil  # type: ignore[import-untyped,unused-ignore]  # noqa: E402
-from baselines import captured_event, relay_throughput, relay_topics  # noqa: E402
+from baselines import captured_event, relay_throughput, relay_topics, transactional_topics  # noqa: E402
 from speed.http import RawHttpClient  # noqa: E402
 from speed.load import REQUEST_TIMEOUT_SECONDS, Ledger, OpenLoop, lead_fields  # noqa: E402
 from speed.monitor import (  # noqa: E402
@@ -296,18 +296,35 @@ async def bare_endpoint(monitor: Monitor, log_dir: Path) -> dict[str, Any]:
 async def raw_relay(bootstrap: str, monitor: Monitor, log_dir: Path) -> dict[str, Any]:
     """Messages/s of the three-hop aiokafka relay over a backlog of Baton's captured-lead records."""
     topics = relay_topics(f"{int(time.time())}")
+    return await _relay(bootstrap, topics, [["hop", bootstrap, source, target] for source, target in
+                                            itertools.pairwise(topics)], monitor, log_dir, "relay")  # fmt: skip
+
+
+async def transactional_relay(
+    bootstrap: str, postgres: PostgresServer, monitor: Monitor, log_dir: Path
+) -> dict[str, Any]:
+    """Messages/s of the same relay with an inbox and an outbox in one transaction per batch and hop, each hop its
+    own database on Baton's PostgreSQL server."""
+    topics = transactional_topics(f"{int(time.time())}")
+    hops = [["txhop", bootstrap, source, target, postgres.create_database("baton_txhop")]
+            for source, target in itertools.pairwise(topics)]  # fmt: skip
+    return await _relay(bootstrap, topics, hops, monitor, log_dir, "transactional-relay")
+
+
+async def _relay(
+    bootstrap: str, topics: list[str], hops: list[list[str]], monitor: Monitor, log_dir: Path, phase: str
+) -> dict[str, Any]:
     await ensure_topics(bootstrap, topics, partitions=PARTITIONS, timeout_seconds=30)
-    hops = [start_script(["hop", bootstrap, source, target], log_dir / f"relay-{index}.log")
-            for index, (source, target) in enumerate(itertools.pairwise(topics))]  # fmt: skip
-    monitor.cpu.finders["relay-hops"] = lambda: [p for hop in hops for p in process_tree(hop.pid)]
-    monitor.phase = "relay"
-    records = [captured_event(lead_fields(number, "relay")) for number in range(RELAY_MESSAGES)]
+    processes = [start_script(arguments, log_dir / f"{phase}-{index}.log") for index, arguments in enumerate(hops)]
+    monitor.cpu.finders[f"{phase}-hops"] = lambda: [p for hop in processes for p in process_tree(hop.pid)]
+    monitor.phase = phase
+    records = [captured_event(lead_fields(number, phase)) for number in range(RELAY_MESSAGES)]
     try:
         result = await relay_throughput(bootstrap, topics, records)
     finally:
-        for hop in hops:
-            stop_process(hop)
-    return {**result, "cpu": monitor.cpu_by_phase("relay")}
+        for process in processes:
+            stop_process(process)
+    return {**result, "cpu": monitor.cpu_by_phase(phase)}
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -335,16 +352,25 @@ async def measure(kafka: KafkaBroker, postgres: PostgresServer, log_dir: Path) -
         result = await baton(kafka, postgres, monitor, log_dir)
         result["bare_http"] = await bare_endpoint(monitor, log_dir)
         result["relay"] = await raw_relay(kafka.bootstrap_servers, monitor, log_dir)
+        result["transactional_relay"] = await transactional_relay(kafka.bootstrap_servers, postgres, monitor, log_dir)
     finally:
         sampling.cancel()
         await lag.stop()
     relay_rate, bare_rate = result["relay"]["messages_per_second"], result["bare_http"]["max_rps"]
+    floor_rate = result["transactional_relay"]["messages_per_second"]
     result["ratios"] = {
-        "throughput_vs_relay": round(result["search"]["max_sustained"] / relay_rate, 4) if relay_rate else 0.0,
-        "intake_vs_bare": round(result["intake_http"]["max_rps"] / bare_rate, 4) if bare_rate else 0.0,
+        "throughput_vs_relay": _ratio(result["search"]["max_sustained"], relay_rate),
+        "intake_vs_bare": _ratio(result["intake_http"]["max_rps"], bare_rate),
+        "transactional_vs_relay": _ratio(floor_rate, relay_rate),
+        "throughput_vs_transactional": _ratio(result["search"]["max_sustained"], floor_rate),
+        "drain_vs_transactional": _ratio(result["scale_out"]["one_replica"]["leads_per_second"], floor_rate),
     }
     result["timeline"] = monitor.samples
     return result
+
+
+def _ratio(part: float, whole: float) -> float:
+    return round(part / whole, 4) if whole else 0.0
 
 
 def main() -> None:
