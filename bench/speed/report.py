@@ -139,7 +139,7 @@ def save(result: dict[str, Any], reports: Path, stamp: str) -> tuple[Path, Path]
 
 def draw(result: dict[str, Any], path: Path) -> None:
     """Latency percentiles vs rate, throughput vs the baselines, consumer lag over time."""
-    figure, (latency, throughput, lag) = plt.subplots(1, 3, figsize=(18, 5.5))
+    figure, (latency, throughput, lag) = plt.subplots(1, 3, figsize=(19, 6))
     phases = [phase for phase in result["rates"] if phase["speed_to_lead_ms"]["p50"] is not None]
     rates = [phase["rate"] for phase in phases]
     for name in ("p50", "p95", "p99", "max"):
@@ -151,7 +151,7 @@ def draw(result: dict[str, Any], path: Path) -> None:
     bars = {
         "Baton e2e\n(max sustained)": result["search"]["max_sustained"],
         "raw relay\n(3 hops)": result["relay"]["messages_per_second"],
-        "relay + inbox/outbox\n(3 hops)": result["transactional_relay"]["messages_per_second"],
+        "relay with inbox\nand outbox (3 hops)": result["transactional_relay"]["messages_per_second"],
         "intake\nreq/s": result["intake_http"]["max_rps"],
         "bare FastAPI\nreq/s": result["bare_http"]["max_rps"],
         "backlog drain\n1 replica": result["scale_out"]["one_replica"]["leads_per_second"],
@@ -159,6 +159,7 @@ def draw(result: dict[str, Any], path: Path) -> None:
     }
     throughput.bar(list(bars), list(bars.values()), color=["C0", "C7", "C7", "C1", "C7", "C2", "C2"])
     throughput.set(ylabel="per second", title="Throughput vs baselines", yscale="log")
+    throughput.tick_params(axis="x", labelsize=8, labelrotation=30)
     for index, value in enumerate(bars.values()):
         throughput.annotate(f"{value:.0f}", (index, value), ha="center", va="bottom")
     timeline = result["timeline"]
