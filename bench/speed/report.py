@@ -137,6 +137,31 @@ def save(result: dict[str, Any], reports: Path, stamp: str) -> tuple[Path, Path]
     return json_path, png_path
 
 
+# The run's stages, by the first word of their phases' names, as the lag chart labels them.
+RUN_STAGES = {"start": "warm-up", "warmup": "warm-up", "quiesce": "warm-up", "rate": "rates", "sustain": "search",
+              "drain": "drains", "intake": "intake\nalone", "bare": "baselines", "relay": "baselines",
+              "transactional": "baselines"}  # fmt: skip
+
+
+def _shade_stages(axes: Any, timeline: list[dict[str, Any]]) -> None:
+    """Alternate shading and a label per stage of the run: during "intake alone" the consumers are paused, during the
+    baselines Baton is stopped, so the lag then stays where it was."""
+    spans: list[tuple[str, float, float]] = []
+    for sample in timeline:
+        stage = RUN_STAGES.get(sample["phase"].split("-", 1)[0])
+        if stage is None:
+            continue
+        if spans and spans[-1][0] == stage:
+            spans[-1] = (stage, spans[-1][1], sample["t"])
+        else:
+            spans.append((stage, sample["t"], sample["t"]))
+    for index, (stage, began, ended) in enumerate(spans):
+        if index % 2:
+            axes.axvspan(began, ended, color="grey", alpha=0.12, linewidth=0)
+        axes.text((began + ended) / 2, 0.98, stage, transform=axes.get_xaxis_transform(), ha="center", va="top",
+                  fontsize=7)  # fmt: skip
+
+
 def draw(result: dict[str, Any], path: Path) -> None:
     """Latency percentiles vs rate, throughput vs the baselines, consumer lag over time."""
     figure, (latency, throughput, lag) = plt.subplots(1, 3, figsize=(19, 6))
@@ -168,8 +193,9 @@ def draw(result: dict[str, Any], path: Path) -> None:
     for group in groups:
         lag.plot(times, [sample["lag"].get(group, 0) for sample in timeline], label=group)
     lag.plot(times, [sample["backlog"] for sample in timeline], label="end-to-end backlog", linestyle="--")
+    _shade_stages(lag, timeline)
     lag.set(xlabel="seconds since start", ylabel="records behind", title="Consumer lag over time")
-    lag.legend()
+    lag.legend(loc="center left")
     figure.suptitle(f"make bench {result['at']} ({result['machine']['cpus']} cores, shared)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
