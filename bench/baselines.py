@@ -31,7 +31,7 @@ import uvicorn  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from pydantic import BaseModel, ConfigDict  # noqa: E402
-from speed.monitor import topic_partitions  # noqa: E402
+from speed.kafka import topic_partitions  # noqa: E402
 
 from shared.envelope import utc_now  # noqa: E402
 from shared.events import LeadCapturedV1  # noqa: E402
@@ -80,24 +80,38 @@ def producer(bootstrap_servers: str) -> AIOKafkaProducer:
                             max_batch_size=PRODUCER_BATCH_BYTES)  # fmt: skip
 
 
-async def relay_hop(bootstrap_servers: str, source: str, target: str) -> None:
-    """Consume `source`, produce each record to `target`, commit once the batch is acknowledged; forever."""
+async def hop_clients(bootstrap_servers: str, source: str, group_id: str) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
+    """A hop's consumer of `source` (offsets committed by hand, from the start) and its producer, started."""
     consumer = AIOKafkaConsumer(
-        source, bootstrap_servers=bootstrap_servers, group_id=f"relay-{source}", enable_auto_commit=False,
+        source, bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False,
         auto_offset_reset="earliest",
     )  # fmt: skip
     sender = producer(bootstrap_servers)
     await consumer.start()
     await sender.start()
+    return consumer, sender
+
+
+async def next_batch(consumer: AIOKafkaConsumer) -> list[Any]:
+    """The records of one fetch, across partitions (empty after 100 ms without any)."""
+    batches = await consumer.getmany(timeout_ms=100, max_records=2000)
+    return [record for batch in batches.values() for record in batch]
+
+
+async def forward(sender: AIOKafkaProducer, target: str, records: list[Any]) -> None:
+    """Produce each record to `target` as it is; return once the broker acknowledged them all."""
+    pending = [await sender.send(target, value=record.value, key=record.key, headers=list(record.headers))
+               for record in records]  # fmt: skip
+    await asyncio.gather(*pending)
+
+
+async def relay_hop(bootstrap_servers: str, source: str, target: str) -> None:
+    """Consume `source`, produce each record to `target`, commit once the batch is acknowledged; forever."""
+    consumer, sender = await hop_clients(bootstrap_servers, source, f"relay-{source}")
     while True:
-        batches = await consumer.getmany(timeout_ms=100, max_records=2000)
-        pending = [
-            await sender.send(target, value=record.value, key=record.key, headers=list(record.headers))
-            for records in batches.values()
-            for record in records
-        ]
-        if pending:
-            await asyncio.gather(*pending)
+        records = await next_batch(consumer)
+        if records:
+            await forward(sender, target, records)
             await consumer.commit()
 
 
@@ -116,16 +130,9 @@ async def transactional_hop(bootstrap_servers: str, source: str, target: str, da
     outbox; publish those, mark them sent, commit the offsets; forever."""
     connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
     await connection.execute(TRANSACTIONAL_SCHEMA)
-    consumer = AIOKafkaConsumer(
-        source, bootstrap_servers=bootstrap_servers, group_id=f"txrelay-{source}", enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )  # fmt: skip
-    sender = producer(bootstrap_servers)
-    await consumer.start()
-    await sender.start()
+    consumer, sender = await hop_clients(bootstrap_servers, source, f"txrelay-{source}")
     while True:
-        batches = await consumer.getmany(timeout_ms=100, max_records=2000)
-        records = [record for batch in batches.values() for record in batch]
+        records = await next_batch(consumer)
         if not records:
             continue
         ids = [_event_id(record) for record in records]
@@ -140,9 +147,7 @@ async def transactional_hop(bootstrap_servers: str, source: str, target: str, da
                 _OUTBOX_INSERT, target, [record.key for record in fresh], [record.value for record in fresh],
                 [orjson.dumps([(name, value.decode()) for name, value in record.headers]).decode() for record in fresh],
             )  # fmt: skip
-        pending = [await sender.send(target, value=record.value, key=record.key, headers=list(record.headers))
-                   for record in fresh]  # fmt: skip
-        await asyncio.gather(*pending)
+        await forward(sender, target, fresh)
         await connection.execute(_MARK_SENT, [row[0] for row in rows])
         await consumer.commit()
 

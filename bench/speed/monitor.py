@@ -17,20 +17,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.topics import LEADS_CAPTURED, LEADS_ROUTED, LEADS_SCORED
+from speed.kafka import topic_partitions
 from speed.load import Ledger
 
 ProcessFinder = Callable[[], list[psutil.Process]]
-
-
-async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
-    """The partitions of `topic`, waiting (with a deadline) until its metadata is known."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        numbers = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
-        if numbers:
-            return [TopicPartition(topic, number) for number in sorted(numbers)]
-        await asyncio.sleep(0.1)  # poll
-    raise RuntimeError(f"topic {topic} does not exist")
 
 
 class RoutedWatcher:

@@ -35,23 +35,25 @@ async def topics(kafka: KafkaBroker) -> tuple[str, str]:
 
 
 @pytest.fixture
-def running_hop(kafka: KafkaBroker, topics: tuple[str, str], hop_database: str, tmp_path: Path) -> Iterator[None]:
+def running_hop(kafka: KafkaBroker, topics: tuple[str, str], hop_database: str, tmp_path: Path) -> Iterator[Path]:
+    """The hop as the bench runs it, in a process of its own; yields the path of its output."""
     source, target = topics
-    with (tmp_path / "txhop.log").open("wb") as log:
+    log_path = tmp_path / "txhop.log"
+    with log_path.open("wb") as log:
         hop = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "baselines.py"), "txhop", kafka.bootstrap_servers, source, target,
              hop_database],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        yield
+        yield log_path
     finally:
         hop.kill()
         hop.wait(timeout=30)
 
 
 async def test_each_event_passes_once_in_order_and_is_marked_sent(
-    kafka: KafkaBroker, topics: tuple[str, str], hop_database: str, running_hop: None
+    kafka: KafkaBroker, topics: tuple[str, str], hop_database: str, running_hop: Path
 ) -> None:
     source, target = topics
     events = [CloudEvent(type="dev.baton.test.v1", source="/baton/test", subject="lead-1", data={"n": n})
@@ -72,8 +74,14 @@ async def test_each_event_passes_once_in_order_and_is_marked_sent(
         kafka.bootstrap_servers, target, until=lambda got: any(header(r, "ce_id") == sentinel.id for r in got)
     )
 
-    assert [header(record, "ce_id") for record in records] == [event.id for event in [*events, sentinel]]
+    ids = [header(record, "ce_id") for record in records]
+    assert ids == [event.id for event in [*events, sentinel]], output_of(running_hop)
     await eventually(lambda: all_marked_sent(hop_database), message="every outbox row marked sent")
+
+
+def output_of(log_path: Path) -> str:
+    """The end of the hop's output, to show why it failed."""
+    return log_path.read_text(errors="replace")[-3000:]
 
 
 async def all_marked_sent(database_url: str) -> bool:
