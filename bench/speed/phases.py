@@ -12,12 +12,14 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from speed.load import Ledger, OpenLoop, PostStats, lead_fields, percentiles
-from speed.monitor import Monitor, StageReader
+
+if TYPE_CHECKING:  # the monitor needs psutil, a bench-only extra; the search runs in unit tests without it
+    from speed.monitor import Monitor, StageReader
 
 # Sustained = errors under 1 %; the end-to-end backlog and every consumer group's lag small at the end, not growing.
 MAX_ERROR_SHARE = 0.01
@@ -26,6 +28,9 @@ BACKLOG_SECONDS = 2.0
 RECORDS_PER_LEAD = 3
 # A step is given up early once it cannot come back (keeps an overloaded client from measuring itself).
 ABANDON_BACKLOG_SECONDS = 6.0
+# Before each step of the search, every consumer group's lag at most this many records, waiting up to this long.
+CAUGHT_UP_RECORDS = 50
+CATCH_UP_SECONDS = 60.0
 CLIMB = (100, 200, 300, 500, 700, 1000, 1400, 2000, 2800, 4000)
 CLIENT_BOUND_CPU = 85.0
 HTTP_CLIMB = (50, 100, 250, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000)
@@ -136,11 +141,11 @@ class Pipeline:
                 backlog, last_progress = self.ledger.backlog(name), time.monotonic()
         return round(time.monotonic() - began, 1)
 
-    async def quiesce(self, most_records: int, timeout: float) -> float:
+    async def quiesce(self, most_records: int, timeout: float, phase: str = "quiesce") -> float:
         """Wait until every consumer group's lag is at most `most_records` (feedback catching up on a phase) or
         `timeout` passed; returns the seconds waited."""
         began = time.monotonic()
-        self.monitor.phase = "quiesce"
+        self.monitor.phase = phase
         while time.monotonic() - began < timeout:
             lags = self.monitor.samples[-1]["lag"] if self.monitor.samples else {}
             if lags and max(lags.values()) <= most_records:
@@ -176,10 +181,15 @@ class Pipeline:
         }  # fmt: skip
 
     async def sustain_step(self, rate: float, seconds: float) -> dict[str, Any]:
-        """One step of the search: `seconds` at `rate`, judged by the end-to-end backlog and intake errors."""
+        """One step of the search: `seconds` at `rate`, judged by the end-to-end backlog, every consumer group's lag
+        and intake errors. The step starts once every group has caught up on the one before: a failed step leaves
+        feedback tens of thousands of records behind, and the next step, at a lower rate, would be judged on that
+        backlog instead of its own rate."""
         name = f"sustain-{rate:.0f}"
+        caught_up = await self.quiesce(CAUGHT_UP_RECORDS, CATCH_UP_SECONDS, phase=f"sustain-catch-up-{rate:.0f}")
         summary = await self.phase(name, rate, seconds, self._abandon_check(name, rate))
         summary["sustained"], summary["reason"] = judge(summary, rate)
+        summary["catch_up_seconds"] = caught_up
         return summary
 
     def _abandon_check(self, name: str, rate: float) -> Callable[[PostStats, float], str | None]:
@@ -226,8 +236,14 @@ def _growing(samples: list[int], slack: float) -> bool:
     return sum(tail) / len(tail) > sum(middle) / len(middle) + slack
 
 
+class SustainSteps(Protocol):
+    """What the search needs of the pipeline: one judged step at a rate."""
+
+    async def sustain_step(self, rate: float, seconds: float) -> dict[str, Any]: ...
+
+
 async def search_max_sustained(
-    pipeline: Pipeline, *, start: float, seconds: float, max_steps: int
+    pipeline: SustainSteps, *, start: float, seconds: float, max_steps: int
 ) -> tuple[float, list[dict[str, Any]]]:
     """Climb from `start` until a step fails, then bisect between the last pass and the first failure."""
     steps: list[dict[str, Any]] = []
