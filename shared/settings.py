@@ -83,8 +83,8 @@ class ServiceSettings(BaseSettings):
     consumer_fetch_max_wait_ms: int = Field(500, ge=0, le=5000)
     consumer_fetch_min_bytes: int = Field(1, ge=1)
     log_level: str = "INFO"
-    # The served process's CPU niceness (0 to 19, only ever raised): a service off the speed-to-lead path (feedback)
-    # yields the cores to those on it when the machine is busy, and catches up when it is not.
+    # The served process's CPU niceness (0 to 19, only ever raised): a service given a higher one yields the cores
+    # to the others when the machine is busy, and catches up when it is not (if it can: see feedback's settings).
     cpu_niceness: int = Field(0, ge=0, le=19)
     failpoints: str = ""
     # The service's consumer group; replicas of one deployment share it (default baton-<service>).

@@ -17,8 +17,8 @@ class Settings(ServiceSettings):
     # growing, and PostgreSQL used 51 % of a core instead of 45).
     consumer_fetch_max_wait_ms: int = 500
     consumer_fetch_min_bytes: int = 1024 * 1024
-    # Feedback yields the cores to the speed-to-lead path (shared.serve.lower_cpu_priority). At 500 leads/s, every
-    # process sharing two cores, it used a sixth of their CPU; at niceness 10 (four alternating pairs in the
-    # profiling driver) speed to lead's p99 was 464 to 734 ms against 650 to 1,230, while feedback's lag grew for
-    # the peak. Its reports trail a peak by seconds; the leads do not wait for them.
-    cpu_niceness: int = 10
+    # Feedback runs at the same CPU priority as the speed-to-lead path (default 0). At niceness 10 it yielded the
+    # cores whenever the machine was busy, so under sustained load its lag grew first: `make bench` held 470 and
+    # 500 leads/s with it against 650 and 700 at niceness 0 (alternating runs on one day), while p99 at 500
+    # leads/s was 219 and 485 ms against 309 and 248: no gain beyond the runs' spread. A marketer's reports must
+    # keep up with the leads; an operator who wants the cores for routing first sets BATON_FEEDBACK_CPU_NICENESS.

@@ -1,6 +1,7 @@
-"""Served processes take their CPU niceness from their settings: feedback, off the speed-to-lead path, yields the
-cores to the services on it; those stay at the niceness they were started with. Each case runs in a child process
-(niceness only ever goes up within a process)."""
+"""Served processes take their CPU niceness from their settings: by default every service stays at the niceness it
+was started with; a service given a higher one (feedback, off the speed-to-lead path, if an operator wants the
+cores for routing first) is served at it. Each case runs in a child process (niceness only ever goes up within a
+process)."""
 
 from __future__ import annotations
 
@@ -41,19 +42,18 @@ def served_niceness(service: str, **env: str) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
-def test_feedback_is_served_at_a_lower_cpu_priority_than_the_speed_to_lead_path() -> None:
+def test_every_service_is_served_at_the_niceness_it_was_started_with_by_default() -> None:
     started_at = os.nice(0)
-    assert served_niceness("feedback") == max(started_at, 10)
-    for service in ("lead_intake", "scoring", "routing"):
+    for service in ("lead_intake", "scoring", "routing", "feedback"):
         assert served_niceness(service) == started_at
+    assert (FeedbackSettings().cpu_niceness, LeadIntakeSettings().cpu_niceness, ScoringSettings().cpu_niceness,
+            RoutingSettings().cpu_niceness) == (0, 0, 0, 0)  # fmt: skip
 
 
 def test_the_niceness_is_a_setting_of_each_service() -> None:
     started_at = os.nice(0)
-    assert served_niceness("feedback", BATON_FEEDBACK_CPU_NICENESS="0") == started_at
+    assert served_niceness("feedback", BATON_FEEDBACK_CPU_NICENESS="10") == max(started_at, 10)
     assert served_niceness("routing", BATON_ROUTING_CPU_NICENESS="5") == max(started_at, 5)
-    assert (FeedbackSettings().cpu_niceness, LeadIntakeSettings().cpu_niceness, ScoringSettings().cpu_niceness,
-            RoutingSettings().cpu_niceness) == (10, 0, 0, 0)  # fmt: skip
 
 
 def test_a_niceness_outside_0_to_19_is_refused() -> None:
