@@ -47,16 +47,23 @@ async def test_the_search_stops_after_its_steps() -> None:
 
 
 class FeedbackBehind:
-    """A monitor whose feedback group is `behind` records behind and works it off by 5,000 a sample."""
+    """A monitor whose feedback group is `behind` records behind and works off 5,000 of them between two reads."""
 
     def __init__(self, behind: int) -> None:
         self.phase = ""
-        self.samples: list[dict[str, Any]] = [{"phase": "", "lag": {"baton-feedback": behind}, "cpu": {}}]
+        first = {"phase": "", "lag": {"baton-feedback": behind}, "backlog": 0, "cpu": {}}
+        self._samples: list[dict[str, Any]] = [first]
         self.lag = None
 
-    def sample(self) -> None:
-        lag = max(0, self.samples[-1]["lag"]["baton-feedback"] - 5000)
-        self.samples.append({"phase": self.phase, "lag": {"baton-feedback": lag}, "cpu": {}})
+    @property
+    def samples(self) -> list[dict[str, Any]]:
+        lag = max(0, self._samples[-1]["lag"]["baton-feedback"] - 5000)
+        self._samples.append({"phase": self.phase, "lag": {"baton-feedback": lag}, "backlog": 0, "cpu": {}})
+        return self._samples
+
+    def feedback_lag_now(self) -> int:
+        """The lag of the latest sample, read without the monitor moving on."""
+        return int(self._samples[-1]["lag"]["baton-feedback"])
 
     def cpu_by_phase(self, phase: str) -> dict[str, float]:
         return {}
@@ -70,7 +77,7 @@ class LoadThatNotes:
         self.lag_at_start: list[int] = []
 
     async def run(self, *, rate: float, seconds: float, **_: object) -> PostStats:
-        self.lag_at_start.append(self.monitor.samples[-1]["lag"]["baton-feedback"])
+        self.lag_at_start.append(self.monitor.feedback_lag_now())
         return PostStats(rate=rate, seconds=seconds)
 
 
@@ -80,16 +87,7 @@ async def test_a_step_starts_once_every_consumer_group_caught_up() -> None:
     pipeline = Pipeline(load=load, ledger=Ledger(), monitor=monitor, run="test", grace_seconds=1,  # type: ignore[arg-type]
                         drain_seconds=1)  # fmt: skip
 
-    async def sample_every_tenth_of_a_second() -> None:
-        while True:
-            await asyncio.sleep(0.1)  # a monitor samples on a clock of its own
-            monitor.sample()
-
-    sampler = asyncio.create_task(sample_every_tenth_of_a_second())
-    try:
-        step = await asyncio.wait_for(pipeline.sustain_step(550, seconds=1), timeout=10)
-    finally:
-        sampler.cancel()
+    step = await asyncio.wait_for(pipeline.sustain_step(550, seconds=1), timeout=10)
 
     assert load.lag_at_start == [0]
     assert load.lag_at_start[0] <= CAUGHT_UP_RECORDS
