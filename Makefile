@@ -1,5 +1,7 @@
 # Baton — two commands for newcomers: `make run` and `make test`.
-PYTHON ?= python3
+# The interpreter .venv is built from: the system's own Python 3.11+ first (built with PGO and LTO), see
+# deploy/pick_python.sh; `make PYTHON=/path/to/python3.x install` on a fresh clone (or after rm -rf .venv) overrides.
+PYTHON ?= $(shell bash deploy/pick_python.sh || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
